@@ -1,0 +1,109 @@
+"""The one place that creates AWS clients.
+
+Production and the local embedded default run the same boto3 calls; only the endpoint differs. Nothing
+else in the project reads AWS settings or builds a client, so "local vs. AWS" is decided here and only
+here (AWS_ENDPOINT_URL set -> emulator/moto; unset -> the real service).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+DEFAULT_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """Where and how to reach AWS. Plain data, so it can cross into Prefect task parameters."""
+
+    region: str = DEFAULT_REGION
+    endpoint_url: str | None = None
+    profile_name: str | None = None
+    max_attempts: int = 10
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AwsSettings:
+        values: dict[str, Any] = {
+            "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+            "endpoint_url": os.environ.get("AWS_ENDPOINT_URL") or None,
+            "profile_name": os.environ.get("AWS_PROFILE") or None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def is_local(self) -> bool:
+        return bool(self.endpoint_url) and any(
+            host in self.endpoint_url for host in ("127.0.0.1", "localhost", "[::1]")
+        )
+
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=64)
+def _client(service: str, settings: AwsSettings) -> Any:
+    # boto3 sessions are not thread-safe, clients are: build under a lock, share the client.
+    with _lock:
+        session = boto3.session.Session(profile_name=settings.profile_name, region_name=settings.region)
+        config = Config(
+            retries={"mode": "standard", "max_attempts": settings.max_attempts},
+            connect_timeout=10,
+            read_timeout=120,
+            max_pool_connections=64,
+        )
+        return session.client(service, endpoint_url=settings.endpoint_url, config=config)
+
+
+def client(service: str, settings: AwsSettings | None = None) -> Any:
+    """A boto3 client for `service` (cached per settings; safe to share between threads)."""
+    return _client(service, settings or AwsSettings.from_env())
+
+
+def storage_options(settings: AwsSettings | None = None) -> dict[str, str]:
+    """Settings for Polars' native object_store (`scan_parquet("s3://...", storage_options=...)`)."""
+    settings = settings or AwsSettings.from_env()
+    options = {"aws_region": settings.region}
+    if settings.endpoint_url:
+        options["aws_endpoint_url"] = settings.endpoint_url
+        options["aws_allow_http"] = "true" if settings.endpoint_url.startswith("http://") else "false"
+        options["aws_virtual_hosted_style_request"] = "false"
+    credentials = _credentials(settings)
+    if credentials is not None:
+        options["aws_access_key_id"] = credentials.access_key
+        options["aws_secret_access_key"] = credentials.secret_key
+        if credentials.token:
+            options["aws_session_token"] = credentials.token
+    return options
+
+
+def _credentials(settings: AwsSettings) -> Any:
+    session = boto3.session.Session(profile_name=settings.profile_name, region_name=settings.region)
+    found = session.get_credentials()
+    return found.get_frozen_credentials() if found is not None else None
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key/prefix` -> (`bucket`, `key/prefix`)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}")
+    return bucket, key
+
+
+def join_s3(uri: str, *parts: str) -> str:
+    """Join URI parts with single slashes (`s3://b/p/`, `x` -> `s3://b/p/x`)."""
+    out = uri.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out

@@ -1,0 +1,66 @@
+"""Shared fixtures: real servers over HTTP, one of each per test session.
+
+- `s3_endpoint`: a moto server (S3, CloudWatch, IAM, STS...) on an ephemeral loopback port.
+- `emulator`: the project's Bedrock emulator, one endpoint that also serves moto's services.
+- `prefect_api`: one Prefect test harness (ephemeral API) per session; it is slow to start.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Dummy credentials and no network: set before boto3 or Prefect read the environment.
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("AWS_ENDPOINT_URL", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A plain moto server: the AWS services without Bedrock."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def aws(s3_endpoint: str):
+    """AwsSettings for the moto server."""
+    from tasks.aws import AwsSettings
+
+    return AwsSettings(region="us-east-1", endpoint_url=s3_endpoint)
+
+
+@pytest.fixture
+def bucket(aws) -> str:
+    """A fresh, empty bucket per test."""
+    from tasks.aws import client
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    client("s3", aws).create_bucket(Bucket=name)
+    return name
