@@ -1,0 +1,180 @@
+"""Bedrock batch inference, end to end: prepare -> run jobs -> repair -> collect -> report.
+
+Run it three ways: `prefect deployment run 'bedrock-batch-inference/<deployment>' -p ...`, watched in the
+Prefect UI, or as plain Python: `python -m flows.batch_inference --help` (`--local` runs everything
+offline against the bundled emulator).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from flows._bootstrap import configure_local_prefect
+
+configure_local_prefect()
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from tasks import cost as costs  # noqa: E402
+from tasks.concurrency import ensure_limit, limit_name, mark_process_alive, reclaim_orphaned_slots  # noqa: E402
+from tasks.config import InvocationType, RunConfig, config_from_params  # noqa: E402
+from tasks.output import OutputPart  # noqa: E402
+from tasks.prepare import PreparedRun  # noqa: E402
+from tasks.report import RunProgress, RunSummary, artifact_key, publish_jobs_table, publish_results  # noqa: E402
+from tasks.steps import (  # noqa: E402
+    RunFailed,
+    estimate_run,
+    finalize,
+    prepare,
+    repair,
+    stop_run_jobs,
+)
+from tasks.shard_job import JobResult, ShardOutcome, collect_job_task, run_job_task  # noqa: E402
+
+DEFAULT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
+
+
+def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | None) -> list[ShardOutcome]:
+    """Map one job task per shard under the model's concurrency limit; collect each as soon as it ends.
+
+    Job threads equal the slots (a waiting task holds a thread); collection has its own threads so a
+    freed slot is refilled at once.
+    """
+    if not prepared.shards:
+        return []
+    limit = limit_name(cfg.model_id, cfg.aws.region)
+    ensure_limit(limit, cfg.max_concurrent_jobs)
+    reclaim_orphaned_slots(limit)
+    outcomes: list[ShardOutcome] = []
+    with ThreadPoolTaskRunner(max_workers=cfg.max_concurrent_jobs) as job_runner, \
+            ThreadPoolTaskRunner(max_workers=2) as collect_runner:
+        shard_of: dict[Any, Any] = {}
+        for shard in prepared.shards:
+            future = job_runner.submit(run_job_task, {"shard": shard, "cfg": cfg, "limit": limit,
+                                                     "run_uri": prepared.run_uri, "progress": progress})
+            shard_of[future] = shard
+        collecting = []
+        for future in as_completed(list(shard_of)):
+            shard = shard_of[future]
+            try:
+                job = future.result()
+            except Exception as err:  # refused for good (validation, access): its rows are marked, not lost
+                job = JobResult(shard=shard.name, status="Failed", message=f"{type(err).__name__}: {err}")
+            collecting.append(collect_runner.submit(
+                collect_job_task, {"shard": shard, "job": job, "cfg": cfg, "run_uri": prepared.run_uri,
+                                   "progress": progress}))
+        outcomes = [f.result() for f in collecting]
+    return outcomes
+
+
+@task(name="ensure-output-location", cache_policy=NO_CACHE, persist_result=False)
+def check_output(cfg: RunConfig) -> None:
+    from tasks.steps import check_output_writable
+
+    check_output_writable(cfg)
+
+
+@flow(
+    name="bedrock-batch-inference",
+    log_prints=True,
+    persist_result=False,
+    on_cancellation=[stop_run_jobs],
+    on_crashed=[stop_run_jobs],
+)
+def batch_inference(
+    model_id: str = DEFAULT_MODEL,
+    s3_uri: str | None = None,
+    dataset_id: str | None = None,
+    split: str = "train",
+    input_path: str | None = None,
+    job_name_prefix: str = "bedrock-batch",
+    prompt_id: str | None = None,
+    prompt_file: str | None = None,
+    input_column: str = "input_text",
+    record_id_column: str = "record_id",
+    invocation_type: InvocationType = "InvokeModel",
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    system_prompt: str | None = None,
+    embedding_dimensions: int = 1024,
+    embedding_normalize: bool = True,
+    max_num_jobs: int | None = None,
+    max_records_per_job: int = 50_000,
+    min_records_per_job: int = 100,
+    max_concurrent_jobs: int = 20,
+    max_job_attempts: int = 3,
+    timeout_hours: int = 72,
+    poll_interval_s: float = 300.0,
+    output_uri: str | None = None,
+    role_arn: str | None = None,
+    region: str | None = None,
+    repair_failed: bool = True,
+    stop_jobs_on_cancel: bool = True,
+    dry_run: bool = False,
+    budget_usd: float | None = None,
+) -> dict[str, Any]:
+    """Run a dataset through a Bedrock model with batch inference (50% of on-demand price).
+
+    Exactly one source: `s3_uri` (CSV/Parquet/JSONL file, folder or glob), `input_path` (the same on
+    disk) or `dataset_id` + `split` (Hugging Face). Output: Parquet under `output_uri`/<run key>/results/.
+    """
+    cfg = config_from_params(locals())
+    started = time.monotonic()
+    log = get_run_logger()
+    mark_process_alive(_flow_run_id())
+    log.info("run %s -> %s", cfg.key, cfg.run_uri)
+
+    check_output(cfg)
+    prepared = prepare(cfg)
+    estimate = estimate_run(prepared, cfg)
+    if cfg.dry_run:
+        return RunSummary(run_key=cfg.key, run_uri=cfg.run_uri, model_id=cfg.model_id,
+                          total_rows=prepared.total_rows, shards=len(prepared.shards), dry_run=True,
+                          estimate=costs.estimate_dict(estimate)).to_dict()
+    costs.check_budget(estimate, cfg.budget_usd)
+
+    progress = RunProgress(prepared.total_rows, artifact_key(cfg.prefix, "progress"), log)
+    progress.expect([s.name for s in prepared.shards])
+    outcomes = run_shards(prepared, cfg, progress)
+    repaired = repair(outcomes, prepared, cfg, run_shards) if cfg.repair else None
+    summary, parts = finalize(outcomes, repaired, prepared, cfg, elapsed_s=time.monotonic() - started)
+    progress.finish()
+
+    publish_jobs_table(outcomes, artifact_key(cfg.prefix, "jobs"))
+    publish_results(summary, artifact_key(cfg.prefix, "results"), _results_link(summary, cfg))
+    log.info("done: %s ok, %s with error, output %s", f"{summary.ok:,}", f"{summary.failed:,}",
+             summary.results_uri)
+    if summary.failed_jobs:
+        raise RunFailed(summary, parts)
+    return summary.to_dict()
+
+
+def _flow_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id)
+
+
+def _results_link(summary: RunSummary, cfg: RunConfig) -> str | None:
+    if not summary.results_uri:
+        return None
+    bucket_key = summary.results_uri[len("s3://"):]
+    if cfg.aws.endpoint_url:
+        return f"{cfg.aws.endpoint_url.rstrip('/')}/{bucket_key}"
+    bucket, _, key = bucket_key.partition("/")
+    return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={key}"
+
+
+__all__ = ["DEFAULT_MODEL", "Future", "OutputPart", "batch_inference", "run_shards"]
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""Bedrock's in-flight job quota as a Prefect global concurrency limit.
+
+One limit per model and region, shared by every flow run and worker. A shard's task holds one slot from
+submission until its job is terminal. Prefect gives a slot back when its lease expires only on a real
+server (the repossessor); the ephemeral API of a plain-Python run has none, so a killed local run would
+keep its slots forever. `reclaim_orphaned_slots` closes that gap: each flow process holds an OS lock on a
+file named after its flow run for as long as it lives, and a lease whose holder's process no longer holds
+that lock (or whose lease has expired) is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.settings.context import get_current_settings
+from prefect.types._concurrency import ConcurrencyLeaseHolder
+
+log = logging.getLogger(__name__)
+
+FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
+_live_files: dict[str, IO[str]] = {}
+
+
+def limit_name(model_id: str, region: str) -> str:
+    """`bedrock-batch/us-east-1/anthropic.claude-3-haiku...`: one quota per model per region."""
+    model = re.sub(r"[^a-zA-Z0-9.\-:]", "-", model_id.rsplit("/", 1)[-1])
+    return f"bedrock-batch-{region}-{model}"[:120]
+
+
+def ensure_limit(name: str, slots: int) -> None:
+    """Create the limit, or set its size: `strict=True` acquisition then never runs unthrottled."""
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, slots)
+
+
+def active_slots(name: str) -> int:
+    with get_client(sync_client=True) as client:
+        return int(client.read_global_concurrency_limit_by_name(name).active_slots)
+
+
+@contextmanager
+def hold_slot(name: str, *, task_run_id: UUID | None, lease_s: float = 900) -> Iterator[None]:
+    """Hold one slot of `name` (waiting for one if needed) with a renewed lease."""
+    holder = ConcurrencyLeaseHolder(type="task_run", id=task_run_id) if task_run_id else None
+    with concurrency(
+        name, occupy=1, strict=True, lease_duration=lease_s, holder=holder,
+        raise_on_lease_renewal_failure=False,
+    ):
+        yield
+
+
+def _live_dir() -> Path:
+    return Path(get_current_settings().home) / "bedrock-batch-flows" / "live"
+
+
+def mark_process_alive(flow_run_id: UUID | str) -> None:
+    """Hold an exclusive OS lock named after this flow run until the process exits (even by SIGKILL)."""
+    key = str(flow_run_id)
+    if key in _live_files:
+        return
+    path = _live_dir() / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _live_files[key] = handle
+
+
+def _is_alive(flow_run_id: UUID | str) -> bool:
+    path = _live_dir() / f"{flow_run_id}.lock"
+    if str(flow_run_id) in _live_files:
+        return True
+    if not path.exists():
+        return False
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    path.unlink(missing_ok=True)
+    return False
+
+
+def reclaim_orphaned_slots(name: str) -> int:
+    """Release slots of `name` held by dead local processes or by expired leases; return how many.
+
+    Works where the leases are stored on this machine's disk (the filesystem lease storage, which the
+    plain-Python entry point selects); elsewhere the server's repossessor does this job.
+    """
+    if get_current_settings().server.concurrency.lease_storage != FILESYSTEM_LEASES:
+        return 0
+    return asyncio.run(_reclaim(name))
+
+
+async def _reclaim(name: str) -> int:
+    from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
+
+    storage = ConcurrencyLeaseStorage()
+    if not storage.storage_path.exists():
+        return 0
+    released = 0
+    async with get_client() as client:
+        try:
+            limit = await client.read_global_concurrency_limit_by_name(name)
+        except Exception:  # no such limit yet: nothing to reclaim
+            return 0
+        lease_ids = set(await storage.read_expired_lease_ids(limit=1000))
+        lease_ids |= set(await _all_active(storage))
+        for lease_id in lease_ids:
+            lease = await storage.read_lease(lease_id)
+            if lease is None or limit.id not in lease.resource_ids:
+                continue
+            if not await _orphaned(client, lease):
+                continue
+            try:
+                await client.release_concurrency_slots_with_lease(lease_id)
+                released += 1
+            except Exception as err:  # already released by someone else
+                log.debug("could not release lease %s: %s", lease_id, err)
+    if released:
+        log.warning("released %d concurrency slot(s) of %s left by a run that died", released, name)
+    return released
+
+
+async def _all_active(storage: Any) -> list[UUID]:
+    out: list[UUID] = []
+    while batch := await storage.read_active_lease_ids(limit=100, offset=len(out)):
+        out.extend(batch)
+        if len(batch) < 100:
+            break
+    return out
+
+
+async def _orphaned(client: Any, lease: Any) -> bool:
+    from datetime import UTC, datetime
+
+    if lease.expiration <= datetime.now(UTC):
+        return True
+    holder = lease.metadata.holder if lease.metadata else None
+    if holder is None or holder.type != "task_run":
+        return False
+    try:
+        task_run = await client.read_task_run(holder.id)
+    except Exception:
+        return True  # a holder the API no longer knows
+    return task_run.flow_run_id is not None and not _is_alive(task_run.flow_run_id)

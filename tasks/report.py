@@ -1,0 +1,207 @@
+"""What people see: Prefect artifacts (progress, jobs table, results link, cost) and the terminal summary.
+
+Artifacts are best-effort: a failure to publish one is logged, never fails the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+log = logging.getLogger("bedrock_batch_flows")
+
+
+def artifact_key(prefix: str, what: str) -> str:
+    """Artifact keys: lowercase letters, digits and dashes only."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in f"{prefix}-{what}".lower())
+    return "-".join(part for part in cleaned.split("-") if part)[:100]
+
+
+def _safe(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:  # artifacts need a Prefect run context; plain calls have none
+        log.debug("artifact not published: %s", err)
+        return None
+
+
+class RunProgress:
+    """Records done / total across shard threads, mirrored to a progress artifact and the log."""
+
+    def __init__(self, total: int, key: str, logger: Any = None, min_interval_s: float = 1.0) -> None:
+        self.total = max(total, 1)
+        self.key = key
+        self.logger = logger or log
+        self._lock = threading.Lock()
+        self._processed: dict[str, int] = {}
+        self._done: dict[str, int] = {}
+        self._last_publish = 0.0
+        self._min_interval = min_interval_s
+        self.artifact_id = _safe(create_progress_artifact, progress=0.0, key=key,
+                                 description="Records processed by Bedrock / records in the run")
+
+    @property
+    def records_done(self) -> int:
+        return sum(self._done.values()) + sum(
+            n for shard, n in self._processed.items() if shard not in self._done
+        )
+
+    def job_update(self, shard: str, job: dict[str, Any]) -> None:
+        with self._lock:
+            self._processed[shard] = int(job.get("processedRecordCount") or 0)
+        self._publish()
+
+    def shard_done(self, outcome: Any) -> None:
+        with self._lock:
+            self._done[outcome.shard] = int(outcome.records)
+        self._publish(force=True)
+        self.logger.info(
+            "progress: %d/%d shards done, %s/%s records (%.1f%%)", len(self._done), len(self._expected()),
+            f"{self.records_done:,}", f"{self.total:,}", self.percent,
+        )
+
+    def expect(self, shards: list[str]) -> None:
+        self._shards = list(shards)
+
+    def _expected(self) -> list[str]:
+        return getattr(self, "_shards", list(self._done))
+
+    @property
+    def percent(self) -> float:
+        return min(100.0, 100.0 * self.records_done / self.total)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = {"all": self.total}
+            self._processed = {}
+        self._publish(force=True)
+
+    def _publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.artifact_id is None or (not force and now - self._last_publish < self._min_interval):
+            return
+        self._last_publish = now
+        _safe(update_progress_artifact, artifact_id=self.artifact_id, progress=round(self.percent, 2))
+
+
+@dataclass
+class RunSummary:
+    """The run's outcome as plain data: returned by the flow, printed by the CLI."""
+
+    run_key: str
+    run_uri: str
+    model_id: str
+    total_rows: int = 0
+    ok: int = 0
+    failed: int = 0
+    shards: int = 0
+    jobs_submitted: int = 0
+    jobs_attached: int = 0
+    repaired: int = 0
+    on_demand: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    elapsed_s: float = 0.0
+    results_uri: str | None = None
+    failed_jobs: list[dict[str, Any]] = field(default_factory=list)
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+    estimate: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def jobs_table(outcomes: list[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for o in sorted(outcomes, key=lambda o: o.shard):
+        rows.append({
+            "shard": o.shard, "job name": o.job_name or "", "job ARN": o.job_arn or "", "status": o.status,
+            "attempts": o.attempts, "records": o.records, "ok": o.ok, "failed": o.failed,
+            "input tokens": o.input_tokens, "output tokens": o.output_tokens,
+            "queued": _fmt_s(o.queued_s), "ran": _fmt_s(o.ran_s), "message": o.message or "",
+        })
+    return rows
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def publish_jobs_table(outcomes: list[Any], key: str) -> None:
+    _safe(create_table_artifact, table=jobs_table(outcomes), key=key,
+          description="One row per shard: its Bedrock job, status, records and tokens")
+
+
+def publish_results(summary: RunSummary, key: str, link: str | None) -> None:
+    if link:
+        _safe(create_link_artifact, link=link, link_text=summary.results_uri or link, key=key,
+              description="The run's output Parquet (input columns + response/embedding + errors)")
+    errors = "\n".join(f"| `{code}` | {n:,} |" for code, n in sorted(summary.errors_by_code.items()))
+    markdown = (
+        f"## Run `{summary.run_key}`\n\n"
+        f"| | |\n|---|---|\n| model | `{summary.model_id}` |\n| rows | {summary.total_rows:,} |\n"
+        f"| ok | {summary.ok:,} |\n| with error | {summary.failed:,} |\n| shards / jobs | {summary.shards} / "
+        f"{summary.jobs_submitted} submitted, {summary.jobs_attached} attached |\n"
+        f"| repaired | {summary.repaired:,} |\n| input / output tokens | {summary.input_tokens:,} / "
+        f"{summary.output_tokens:,} |\n| cost (batch price) | {_fmt_cost(summary.cost_usd)} |\n"
+        f"| output | `{summary.results_uri}` |\n"
+        + (f"\n### Errors by code\n| code | rows |\n|---|---|\n{errors}\n" if errors else "")
+    )
+    _safe(create_markdown_artifact, markdown=markdown, key=artifact_key(key, "summary"),
+          description="Run summary")
+
+
+def _fmt_cost(cost: float | None) -> str:
+    return "n/a" if cost is None else f"${cost:,.4f}"
+
+
+def summary_text(summary: RunSummary) -> str:
+    """A readable table for the terminal (rich renders it; plain text when not a TTY)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bedrock-batch-flows run {summary.run_key}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    rows = [
+        ("model", summary.model_id),
+        ("rows", f"{summary.total_rows:,}"),
+        ("ok", f"{summary.ok:,}"),
+        ("with error", f"{summary.failed:,}" + (
+            " (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(summary.errors_by_code.items())) + ")"
+            if summary.errors_by_code else "")),
+        ("shards", str(summary.shards)),
+        ("jobs", f"{summary.jobs_submitted} submitted, {summary.jobs_attached} attached"),
+        ("repaired / on-demand", f"{summary.repaired:,} / {summary.on_demand:,}"),
+        ("tokens in / out", f"{summary.input_tokens:,} / {summary.output_tokens:,}"),
+        ("cost (batch price)", _fmt_cost(summary.cost_usd)),
+        ("wall time", _fmt_s(summary.elapsed_s)),
+        ("output", summary.results_uri or ""),
+    ]
+    for failed in summary.failed_jobs:
+        rows.append(("failed job", f"{failed.get('job_name')} ({failed.get('shard')}): {failed.get('message')}"))
+    for what, value in rows:
+        table.add_row(what, value)
+    console = Console(width=120, record=True, force_terminal=False)
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()

@@ -1,0 +1,243 @@
+"""One shard's life as two Prefect tasks: hold a slot, submit once, watch, release; then collect.
+
+The slot is the job's from submission until its terminal state (Bedrock counts Submitted..Stopping jobs
+against the quota); collection is a separate task on its own threads, so a freed slot and its worker
+thread go to the next shard at once.
+A `Failed` or `Expired` job is resubmitted under the next attempt's name, up to `max_job_attempts`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+from tasks import jobs
+from tasks.aws import client, join_s3, storage_options
+from tasks.collect import collect_shard, mark_failed
+from tasks.concurrency import hold_slot
+from tasks.config import RunConfig
+from tasks.formats import resolve_family
+from tasks.prepare import PreparedShard
+
+
+@dataclass
+class ShardOutcome:
+    """What the flow needs to know about one shard once its work is over (plain data)."""
+
+    shard: str
+    records: int
+    status: str
+    job_name: str | None = None
+    job_arn: str | None = None
+    message: str | None = None
+    attempts: int = 0
+    attached: bool = False
+    submitted: int = 0
+    ok: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    queued_s: float | None = None
+    ran_s: float | None = None
+    collected_uri: str | None = None
+    manifest: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def job_failed(self) -> bool:
+        return self.status in ("Failed", "Expired") and self.ok == 0
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except Exception:
+        return logging.getLogger("bedrock_batch_flows")
+
+
+def _retryable(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry the task only for errors a retry can fix (throttling, 5xx, S3 SlowDown, timeouts)."""
+    try:
+        state.result()
+    except jobs.JobSubmissionError:
+        return False
+    except Exception as err:  # noqa: BLE001 - we classify, then decide
+        return jobs.error_code(err) in jobs.RETRYABLE_API_ERRORS or isinstance(err, ConnectionError | TimeoutError)
+    return False
+
+
+@dataclass
+class JobResult:
+    """A shard's job once terminal (or never accepted), before collection."""
+
+    shard: str
+    status: str
+    job_name: str | None = None
+    job_arn: str | None = None
+    message: str | None = None
+    attempts: int = 0
+    submitted: int = 0
+    attached: bool = False
+    queued_s: float | None = None
+    ran_s: float | None = None
+
+
+def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, progress: Any = None) -> JobResult:
+    """Drive `shard`'s job to a terminal state while holding one slot of `limit`."""
+    log = _logger()
+    bedrock, s3 = client("bedrock", cfg.aws), client("s3", cfg.aws)
+    ledger_uri = join_s3(run_uri, "ledger", f"{shard.name}.json")
+    ctx = TaskRunContext.get()
+    task_run_id = ctx.task_run.id if ctx else None
+
+    ledger = jobs.read_ledger(s3, ledger_uri, shard.name)
+    result = JobResult(shard=shard.name, status="Pending")
+    first = 1
+    # A re-run moves past attempts the ledger already saw end in failure.
+    for entry in ledger.entries:
+        if entry.state == "terminal" and entry.status in ("Failed", "Expired"):
+            first = max(first, entry.attempt + 1)
+    if first > cfg.max_job_attempts and ledger.latest is not None:
+        last = ledger.latest
+        return JobResult(shard=shard.name, status=last.status or "Failed", job_name=last.job_name,
+                         job_arn=last.job_arn, message=last.message, attempts=last.attempt, attached=True)
+
+    for attempt in range(first, cfg.max_job_attempts + 1):
+        identity = jobs.job_identity(cfg.prefix, run_uri_key(cfg, run_uri), shard.name, shard.content_hash, attempt)
+        spec = jobs.JobSpec(
+            model_id=cfg.model_id, role_arn=cfg.role_arn or "", input_uri=shard.input_uri,
+            output_uri=join_s3(run_uri, "jobs", shard.name) + "/", timeout_hours=cfg.timeout_hours,
+            invocation_type=cfg.invocation_type,
+            tags=(("bedrock-batch-flows:run", cfg.key), ("bedrock-batch-flows:shard", shard.name),
+                  *cfg.extra_tags),
+        )
+        timeline: dict[str, float] = {}
+
+        def on_update(job: dict[str, Any], previous: dict[str, Any] | None, name: str = identity.job_name,
+                      timeline: dict[str, float] = timeline) -> None:
+            status = job["status"]
+            if previous is None or previous.get("status") != status:
+                log.info("%s %s: %s%s", shard.name, name, status,
+                         f" ({job['message']})" if job.get("message") else "")
+                timeline.setdefault(status, time.time())
+            if progress is not None:
+                progress.job_update(shard.name, job)
+
+        with hold_slot(limit, task_run_id=task_run_id, lease_s=cfg.lease_s):
+            arn, attached = jobs.submit_once(
+                bedrock, s3, spec=spec, identity=identity, ledger_uri=ledger_uri, shard=shard.name,
+                on_quota_wait=log.warning,
+            )
+            log.info("%s %s job %s (attempt %d)", shard.name, "attached to" if attached else "submitted",
+                     identity.job_name, attempt)
+            job = jobs.wait_until_terminal(
+                bedrock, arn, max_interval=cfg.poll_interval_s, min_interval=cfg.min_poll_interval_s,
+                on_update=on_update,
+            )
+        status = job["status"]
+        jobs.mark_terminal(s3, ledger_uri, shard.name, attempt, status, job.get("message"))
+        result.job_name, result.job_arn, result.status = identity.job_name, arn, status
+        result.message, result.attempts = job.get("message"), attempt
+        result.attached = result.attached or attached
+        result.submitted += 0 if attached else 1
+        result.queued_s, result.ran_s = _durations(job, timeline)
+        if status in ("Failed", "Expired") and attempt < cfg.max_job_attempts:
+            log.warning("%s job %s ended %s (%s); resubmitting as attempt %d", shard.name, identity.job_name,
+                        status, job.get("message") or "no message", attempt + 1)
+            continue
+        break
+    return result
+
+
+def run_uri_key(cfg: RunConfig, run_uri: str) -> str:
+    """The key that names jobs: the run's key, or the run's key + repair round for a repair run."""
+    suffix = run_uri.rstrip("/").rsplit("/", 1)[-1]
+    return cfg.key if suffix == cfg.key else f"{cfg.key}{suffix}"
+
+
+def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: str,
+                progress: Any = None) -> ShardOutcome:
+    """Join the job's outputs back to the shard's input rows; a failed job marks every row."""
+    log = _logger()
+    aws = cfg.aws
+    family = resolve_family(cfg.model_id, cfg.invocation_type)
+    outcome = ShardOutcome(
+        shard=shard.name, records=shard.records, status=job.status, job_name=job.job_name, job_arn=job.job_arn,
+        message=job.message, attempts=job.attempts, attached=job.attached, submitted=job.submitted,
+        queued_s=job.queued_s, ran_s=job.ran_s,
+    )
+    if job.status in jobs.COLLECTABLE and job.job_arn:
+        result = collect_shard(
+            family=family,
+            output_prefix_uri=join_s3(run_uri, "jobs", shard.name, jobs.job_id_from_arn(job.job_arn)) + "/",
+            snapshot_uri=shard.snapshot_uri, input_file_name=f"{shard.name}.jsonl", aws=aws,
+        )
+        frame, outcome.manifest, outcome.problems = result.frame, result.manifest, list(result.problems)
+        for problem in outcome.problems:
+            log.warning("%s: %s", shard.name, problem)
+    else:
+        code = "expired" if job.status == "Expired" else "job_failed"
+        message = f"job {job.job_name} ended {job.status}: {job.message or 'no message'}"
+        frame = mark_failed(shard.snapshot_uri, code, message, family, aws)
+        log.error("%s: %s after %d attempt(s)", shard.name, message, job.attempts)
+    _count(outcome, frame)
+    outcome.collected_uri = join_s3(run_uri, "collected", f"{shard.name}.parquet")
+    frame.write_parquet(outcome.collected_uri, storage_options=storage_options(aws))
+    if progress is not None:
+        progress.shard_done(outcome)
+    return outcome
+
+
+def _count(outcome: ShardOutcome, frame: pl.DataFrame) -> None:
+    stats = frame.select(
+        ok=pl.col("error_code").is_null().sum(),
+        failed=pl.col("error_code").is_not_null().sum(),
+        input_tokens=pl.col("input_tokens").fill_null(0).sum(),
+        output_tokens=pl.col("output_tokens").fill_null(0).sum(),
+    ).row(0, named=True)
+    outcome.ok, outcome.failed = int(stats["ok"]), int(stats["failed"])
+    outcome.input_tokens, outcome.output_tokens = int(stats["input_tokens"]), int(stats["output_tokens"])
+
+
+def _durations(job: dict[str, Any], timeline: dict[str, float]) -> tuple[float | None, float | None]:
+    submit, end = job.get("submitTime"), job.get("endTime")
+    started = timeline.get("InProgress")
+    if not isinstance(submit, datetime):
+        return None, None
+    submit_ts = submit.timestamp()
+    end_ts = end.timestamp() if isinstance(end, datetime) else time.time()
+    if started is None:
+        return end_ts - submit_ts, None
+    return max(0.0, started - submit_ts), max(0.0, end_ts - started)
+
+
+run_job_task = task(
+    run_job,
+    name="run-job",
+    task_run_name="job-{shard.name}",
+    retries=3,
+    retry_delay_seconds=[5, 30, 120],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retryable,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+
+collect_job_task = task(
+    collect_job,
+    name="collect-job",
+    task_run_name="collect-{shard.name}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=_retryable,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)

@@ -1,0 +1,297 @@
+"""The flow's steps as Prefect tasks: prepare, estimate, repair, finalize, and the cancellation hook.
+
+Each step is a thin wrapper that turns a `RunConfig` into calls of the pure data-plane functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import cost as costs
+from tasks import jobs
+from tasks.aws import client, join_s3, split_s3_uri
+from tasks.config import RunConfig, config_from_params
+from tasks.formats import RETRYABLE_ERROR_CODES, InferenceSettings, ModelFamily, resolve_family
+from tasks.ondemand import invoke_rows
+from tasks.output import (
+    RESULT_COLUMNS,
+    OutputPart,
+    error_frame,
+    overlay,
+    read_parquet,
+    write_manifest,
+    write_parquet,
+)
+from tasks.plan import Quotas
+from tasks.prepare import PreparedRun, prepare_run
+from tasks.report import RunSummary, artifact_key
+from tasks.sources import SourceSpec, load_source
+from tasks.templates import PromptTemplate, load_template
+
+MAX_REPAIR_ROUNDS = 2
+
+
+class RunFailed(RuntimeError):
+    """Some shards' jobs failed every attempt; their rows carry the error, the rest of the output stands."""
+
+    def __init__(self, summary: RunSummary, parts: list[OutputPart]) -> None:
+        self.summary, self.parts = summary, parts
+        failed = "; ".join(f"{j['shard']} job {j['job_name']}: {j['status']}: {j['message']}"
+                           for j in summary.failed_jobs)
+        super().__init__(f"{len(summary.failed_jobs)} job(s) failed after every attempt: {failed}. "
+                         f"The other rows were written to {summary.results_uri}")
+
+
+def _log() -> Any:
+    try:
+        return get_run_logger()
+    except Exception:
+        return logging.getLogger("bedrock_batch_flows")
+
+
+def check_output_writable(cfg: RunConfig) -> None:
+    """Fail before any work if the output location cannot be written (wrong bucket, no rights)."""
+    bucket, key = split_s3_uri(join_s3(cfg.run_uri, ".write-check"))
+    s3 = client("s3", cfg.aws)
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"ok")
+        s3.delete_object(Bucket=bucket, Key=key)
+    except Exception as err:
+        raise ValueError(f"output_uri {cfg.output_uri or cfg.run_uri} cannot be written: {err}") from err
+
+
+def inference_settings(cfg: RunConfig, template: PromptTemplate | None) -> InferenceSettings:
+    """Flow parameters win over the template's defaults, which win over the family's."""
+    t = template
+    return InferenceSettings(
+        max_tokens=cfg.max_tokens or (t.max_tokens if t and t.max_tokens else 512),
+        temperature=cfg.temperature if cfg.temperature is not None else (t.temperature if t else None),
+        top_p=cfg.top_p if cfg.top_p is not None else (t.top_p if t else None),
+        system=cfg.system_prompt or (t.system if t else None),
+        dimensions=cfg.embedding_dimensions,
+        normalize=cfg.embedding_normalize,
+    )
+
+
+def resolve(cfg: RunConfig) -> tuple[ModelFamily, PromptTemplate | None, InferenceSettings]:
+    family = resolve_family(cfg.model_id, cfg.invocation_type)
+    template = None
+    if family.kind == "text":
+        if not (cfg.prompt_id or cfg.prompt_file):
+            raise ValueError(f"model {cfg.model_id} generates text: give prompt_id or prompt_file")
+        template = load_template(prompt_id=cfg.prompt_id, path=cfg.prompt_file)
+    return family, template, inference_settings(cfg, template)
+
+
+def quotas(cfg: RunConfig) -> Quotas:
+    return Quotas(min_records=cfg.min_records_per_job, max_records=cfg.max_records_per_job,
+                  slots=cfg.max_concurrent_jobs)
+
+
+@task(name="prepare", cache_policy=NO_CACHE, persist_result=False)
+def prepare(cfg: RunConfig) -> PreparedRun:
+    """Read the source, render prompts, plan shards, write JSONL + snapshots to S3."""
+    log = _log()
+    family, template, settings = resolve(cfg)
+    source = load_source(
+        SourceSpec(s3_uri=cfg.s3_uri, input_path=cfg.input_path, dataset_id=cfg.dataset_id, split=cfg.split,
+                   record_id_column=cfg.record_id_column),
+        cfg.aws,
+    )
+    prepared = prepare_run(
+        source, family=family, settings=settings, template=template, run_uri=cfg.run_uri, aws=cfg.aws,
+        quotas=quotas(cfg), input_column=cfg.input_column, max_num_jobs=cfg.max_num_jobs,
+    )
+    log.info("prepared %s rows: %d shard(s), %d wave(s)%s%s", f"{prepared.total_rows:,}", len(prepared.shards),
+             prepared.plan.waves, ", on-demand (fewer rows than the job minimum)" if prepared.plan.on_demand else "",
+             f", {prepared.invalid_rows:,} row(s) refused (see error_code invalid_input)"
+             if prepared.invalid_rows else "")
+    return prepared
+
+
+@task(name="estimate", cache_policy=NO_CACHE, persist_result=False)
+def estimate_run(prepared: PreparedRun, cfg: RunConfig) -> Any:
+    """Tokens, cost and makespan before anything is submitted (the dry run's answer)."""
+    from prefect.artifacts import create_table_artifact
+
+    _, _, settings = resolve(cfg)
+    estimate = costs.estimate(
+        model_id=cfg.model_id,
+        total_records=prepared.total_rows - prepared.invalid_rows,
+        input_tokens=prepared.estimated_input_tokens,
+        max_output_tokens=settings.max_tokens if resolve_family(cfg.model_id, cfg.invocation_type).kind == "text"
+        else 0,
+        n_shards=len(prepared.shards),
+        slots=cfg.max_concurrent_jobs,
+        records_per_shard=max((s.records for s in prepared.shards), default=0),
+    )
+    _log().info("estimate:\n%s", costs.format_estimate(estimate))
+    try:
+        create_table_artifact(table=costs.estimate_rows(estimate), key=artifact_key(cfg.prefix, "estimate"),
+                              description="Estimated tokens, cost (batch price) and makespan")
+    except Exception:  # no run context (unit use)
+        pass
+    return estimate
+
+
+def _retryable_rows(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Input rows (result columns dropped) whose error a new attempt may fix."""
+    if not frames:
+        return pl.DataFrame()
+    failed = pl.concat(frames, how="diagonal_relaxed").filter(
+        pl.col("error_code").is_in(sorted(RETRYABLE_ERROR_CODES))
+    )
+    return failed.drop([c for c in RESULT_COLUMNS if c in failed.columns])
+
+
+def repair(
+    outcomes: list[Any], prepared: PreparedRun, cfg: RunConfig,
+    run_shards: Callable[[PreparedRun, RunConfig, Any], list[Any]],
+) -> pl.DataFrame | None:
+    """Retry records that failed for a retryable reason: as a repair job, or on-demand when too few.
+
+    Returns the repair results (record_id + result columns), latest attempt last; `finalize` lays the
+    successful ones over the shards' frames.
+    """
+    log = _log()
+    family, template, settings = resolve(cfg)
+    frames = [read_parquet(o.collected_uri, cfg.aws) for o in outcomes if o.collected_uri]
+    pending = _retryable_rows(frames)
+    results: list[pl.DataFrame] = []
+    for round_no in range(1, MAX_REPAIR_ROUNDS + 1):
+        if pending.is_empty():
+            break
+        log.info("repair round %d: %s record(s) with retryable errors", round_no, f"{pending.height:,}")
+        rep = prepare_run(
+            pending.lazy(), family=family, settings=settings, template=template,
+            run_uri=join_s3(cfg.run_uri, f"repair-{round_no}"), aws=cfg.aws, quotas=quotas(cfg),
+            input_column=cfg.input_column,
+        )
+        if rep.plan.on_demand:
+            done = serve_on_demand(rep, cfg, family, settings)
+        else:
+            rep_outcomes = run_shards(rep, cfg, None)
+            done = pl.concat([read_parquet(o.collected_uri, cfg.aws) for o in rep_outcomes],
+                             how="diagonal_relaxed")
+        results.append(done.select([c for c in ("record_id", *RESULT_COLUMNS) if c in done.columns]))
+        still = done.filter(pl.col("error_code").is_in(sorted(RETRYABLE_ERROR_CODES))).select("record_id")
+        pending = pending.join(still, on="record_id", how="semi")
+    if not results:
+        return None
+    # The latest attempt per record wins.
+    return pl.concat(results, how="diagonal_relaxed").unique("record_id", keep="last", maintain_order=True)
+
+
+def serve_on_demand(prepared: PreparedRun, cfg: RunConfig, family: ModelFamily,
+                    settings: InferenceSettings) -> pl.DataFrame:
+    """Rows under the job minimum: one runtime call each; returns input columns + result columns."""
+    rows = read_parquet(prepared.on_demand_uri, cfg.aws)
+    _log().info("serving %s row(s) on-demand (below the %d-record job minimum)", f"{rows.height:,}",
+                cfg.min_records_per_job)
+    results = invoke_rows(rows.select("record_id", "prompt"), model_id=cfg.model_id, family=family,
+                          settings=settings, aws=cfg.aws, concurrency=cfg.on_demand_concurrency)
+    inputs = rows.drop([c for c in ("prompt", "line", "line_bytes", "input_error") if c in rows.columns])
+    return inputs.join(results, on="record_id", how="left")
+
+
+def finalize(
+    outcomes: list[Any], repaired: pl.DataFrame | None, prepared: PreparedRun, cfg: RunConfig, elapsed_s: float,
+) -> tuple[RunSummary, list[OutputPart]]:
+    """Write `results/part-*.parquet` + `results/manifest.json`; return the run's summary."""
+    aws = cfg.aws
+    family, _, settings = resolve(cfg)
+    results_uri = join_s3(cfg.run_uri, "results")
+    parts: list[OutputPart] = []
+    repaired_rows = 0
+
+    def emit(name: str, frame: pl.DataFrame) -> None:
+        uri = write_parquet(frame, join_s3(results_uri, f"{name}.parquet"), aws)
+        parts.append(OutputPart(name=name, uri=uri, rows=frame.height))
+
+    for outcome in sorted(outcomes, key=lambda o: o.shard):
+        frame, n = overlay(read_parquet(outcome.collected_uri, aws), repaired)
+        repaired_rows += n
+        emit(f"part-{outcome.shard.rsplit('-', 1)[-1]}", frame)
+    on_demand_rows = 0
+    if prepared.plan.on_demand and prepared.on_demand_uri:
+        frame = serve_on_demand(prepared, cfg, family, settings)
+        frame, n = overlay(frame, repaired)
+        repaired_rows += n
+        on_demand_rows = frame.height
+        emit("part-on-demand", frame)
+    if prepared.invalid_uri:
+        invalid = read_parquet(prepared.invalid_uri, aws)
+        emit("part-invalid", error_frame(invalid, "invalid_input", "input_error", family.kind))
+
+    summary = summarize(parts, outcomes, prepared, cfg, elapsed_s)
+    summary.repaired, summary.on_demand = repaired_rows, on_demand_rows
+    summary.results_uri = results_uri + "/"
+    write_manifest(cfg.run_uri, {"run": summary.to_dict(), "parts": [p.__dict__ for p in parts],
+                                 "jobs": [o.__dict__ for o in outcomes]}, aws)
+    return summary, parts
+
+
+def summarize(parts: list[OutputPart], outcomes: list[Any], prepared: PreparedRun, cfg: RunConfig,
+              elapsed_s: float) -> RunSummary:
+    frame = pl.concat(
+        [read_parquet(p.uri, cfg.aws).select("error_code", "input_tokens", "output_tokens") for p in parts],
+        how="vertical_relaxed",
+    ) if parts else pl.DataFrame(schema={"error_code": pl.String, "input_tokens": pl.Int64,
+                                         "output_tokens": pl.Int64})
+    errors = frame.filter(pl.col("error_code").is_not_null()).group_by("error_code").len()
+    manifests = [o.manifest for o in outcomes if o.manifest]
+    summary = RunSummary(
+        run_key=cfg.key, run_uri=cfg.run_uri, model_id=cfg.model_id, total_rows=frame.height,
+        ok=int(frame["error_code"].is_null().sum()), failed=int(frame["error_code"].is_not_null().sum()),
+        shards=len(prepared.shards), jobs_submitted=sum(o.submitted for o in outcomes),
+        jobs_attached=sum(1 for o in outcomes if o.attached),
+        input_tokens=int(frame["input_tokens"].fill_null(0).sum()),
+        output_tokens=int(frame["output_tokens"].fill_null(0).sum()),
+        elapsed_s=elapsed_s,
+        errors_by_code={str(k): int(v) for k, v in errors.iter_rows()},
+        failed_jobs=[{"shard": o.shard, "job_name": o.job_name, "job_arn": o.job_arn, "status": o.status,
+                      "message": o.message} for o in outcomes if o.status not in jobs.COLLECTABLE],
+    )
+    try:
+        summary.cost_usd = costs.actual_cost(manifests, cfg.model_id).total_usd if manifests else None
+    except Exception:  # a model missing from the price table: report tokens, not a guess
+        summary.cost_usd = None
+    return summary
+
+
+def stop_run_jobs(flow: Any, flow_run: Any, state: Any) -> None:
+    """Cancellation hook: stop this run's Bedrock jobs that are still in flight (if configured)."""
+    log = logging.getLogger("bedrock_batch_flows")
+    try:
+        cfg = config_from_params(dict(flow_run.parameters))
+    except Exception as err:
+        log.warning("cannot stop jobs: parameters unreadable (%s)", err)
+        return
+    if not cfg.stop_jobs_on_cancel:
+        log.info("run cancelled; its Bedrock jobs keep running (stop_jobs_on_cancel=false)")
+        return
+    for arn, status in stop_in_flight(cfg):
+        log.warning("run cancelled: job %s -> %s", arn, status)
+
+
+def stop_in_flight(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Stop every job of this run (main shards and repairs) that its ledgers show as not terminal."""
+    s3, bedrock = client("s3", cfg.aws), client("bedrock", cfg.aws)
+    bucket, prefix = split_s3_uri(cfg.run_uri)
+    stopped = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            if "/ledger/" not in key or not key.endswith(".json"):
+                continue
+            ledger = jobs.read_ledger(s3, f"s3://{bucket}/{key}", key.rsplit("/", 1)[-1][:-5])
+            for entry in ledger.entries:
+                if entry.job_arn and entry.state != "terminal":
+                    stopped.append((entry.job_arn, jobs.stop_job(bedrock, entry.job_arn)))
+    return stopped
