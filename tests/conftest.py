@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,10 @@ os.environ.update(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
+        # An isolated Prefect home per test session; leases on disk, as the plain-Python entry point uses.
+        "PREFECT_HOME": tempfile.mkdtemp(prefix="bbf-prefect-home-"),
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+        "PREFECT_LOGGING_LEVEL": "INFO",
     }
 )
 os.environ.pop("AWS_PROFILE", None)
