@@ -165,19 +165,25 @@ def _check_columns(needed: tuple[str, ...], schema: pl.Schema, prompt_id: str) -
         )
 
 
-def _finish(lf: pl.LazyFrame, prompt: pl.Expr, errors: list[pl.Expr]) -> pl.LazyFrame:
-    """Add `prompt` and `input_error`; a row with any error gets a null prompt."""
+def _finish(lf: pl.LazyFrame, prompt: pl.Expr, errors: list[pl.Expr], names: tuple[str, str]) -> pl.LazyFrame:
+    """Add the prompt and error columns; a row with any error gets a null prompt."""
     empty = pl.when(prompt.str.len_bytes() == 0).then(pl.lit("prompt is empty"))
     all_errors = [*errors, empty]
     error = pl.concat_str(all_errors, separator="; ", ignore_nulls=True)
     any_error = pl.any_horizontal([e.is_not_null() for e in all_errors])
     return lf.with_columns(
-        pl.when(any_error).then(None).otherwise(prompt).cast(pl.String).alias("prompt"),
-        pl.when(any_error).then(error).otherwise(None).cast(pl.String).alias("input_error"),
+        pl.when(any_error).then(None).otherwise(prompt).cast(pl.String).alias(names[0]),
+        pl.when(any_error).then(error).otherwise(None).cast(pl.String).alias(names[1]),
     )
 
 
-def render_prompts(lf: pl.LazyFrame, template: PromptTemplate) -> pl.LazyFrame:
+def render_prompts(
+    lf: pl.LazyFrame,
+    template: PromptTemplate,
+    *,
+    prompt_column: str = "prompt",
+    error_column: str = "input_error",
+) -> pl.LazyFrame:
     """Add Utf8 `prompt` and `input_error` (null when the row is fine) to every row.
 
     Raises `TemplateError` before any data is read when a key column is absent. A null (or NaN) key makes
@@ -193,10 +199,16 @@ def render_prompts(lf: pl.LazyFrame, template: PromptTemplate) -> pl.LazyFrame:
             parts.append(_as_text(key, schema[key]))
     prompt = pl.concat_str(parts) if parts else pl.lit("")
     errors = [pl.when(_is_missing(k, schema[k])).then(pl.lit(f"column '{k}' is null")) for k in template.keys]
-    return _finish(lf, prompt, errors)
+    return _finish(lf, prompt, errors, (prompt_column, error_column))
 
 
-def select_input(lf: pl.LazyFrame, column: str = "input_text") -> pl.LazyFrame:
+def select_input(
+    lf: pl.LazyFrame,
+    column: str = "input_text",
+    *,
+    prompt_column: str = "prompt",
+    error_column: str = "input_error",
+) -> pl.LazyFrame:
     """No template (embeddings, or raw prompts): the column's text is the prompt as it stands."""
     schema = lf.collect_schema()
     if column not in schema:
@@ -205,4 +217,4 @@ def select_input(lf: pl.LazyFrame, column: str = "input_text") -> pl.LazyFrame:
             f"columns present: {list(schema.names())}; pick another with --input-column"
         )
     error = pl.when(_is_missing(column, schema[column])).then(pl.lit(f"column '{column}' is null"))
-    return _finish(lf, _as_text(column, schema[column]), [error])
+    return _finish(lf, _as_text(column, schema[column]), [error], (prompt_column, error_column))

@@ -1,0 +1,300 @@
+"""Prepare a run: render prompts, build request lines, plan shards, write JSONL shards and snapshots to S3.
+
+Memory stays bounded by one shard, never the dataset: the source is streamed once through the render
+and encode expressions into two local Parquet files (valid rows / refused rows, one multi-sink pass);
+the plan needs only the per-row line sizes; each shard is then a `slice` of the local file streamed to
+a JSONL file (`sink_csv` of the ready-made `line` column, no per-row Python) and to a Parquet snapshot
+of its input rows, hashed in 1 MB blocks and uploaded with S3 multipart.
+
+Nothing is uploaded until the template has matched the columns, ids are known unique and the plan fits
+the quotas, so a bad input fails fast and leaves no half-written run behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from boto3.s3.transfer import TransferConfig
+
+from tasks.aws import AwsSettings, client, join_s3, split_s3_uri
+from tasks.formats import InferenceSettings, ModelFamily, request_line_expr
+from tasks.plan import Quotas, ShardPlan, ShardSpec, plan_shards
+from tasks.sources import RECORD_ID, SourceError, check_ids
+from tasks.templates import PromptTemplate, render_prompts, select_input
+
+MULTIPART_CHUNK_BYTES = 64 * 1024 * 1024
+PREPARED_MANIFEST = "prepared.json"
+# Internal column names, chosen so they cannot shadow an input column such as `prompt`.
+_PROMPT, _ERROR, _LINE, _BYTES, _TOKENS = "__prompt", "__input_error", "__line", "__line_bytes", "__tokens"
+_ROW_GROUP = 20_000
+
+
+@dataclass(frozen=True)
+class PreparedShard:
+    """One shard as written: where its JSONL and snapshot live and what its content hashes to."""
+
+    index: int
+    name: str
+    input_uri: str
+    snapshot_uri: str
+    records: int
+    bytes: int
+    content_hash: str
+    start: int = 0
+
+    @property
+    def input_file_name(self) -> str:
+        return self.input_uri.rsplit("/", 1)[-1]
+
+
+@dataclass
+class PreparedRun:
+    """What prepare left on S3; saved as `prepared.json` so a re-run can resume from it."""
+
+    run_uri: str
+    shards: list[PreparedShard]
+    plan: ShardPlan
+    total_rows: int
+    invalid_rows: int
+    invalid_uri: str | None
+    on_demand_uri: str | None
+    columns: list[str]
+    estimated_input_tokens: int
+    dropped_rows: int = 0
+    family: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreparedRun:
+        plan_data = dict(data["plan"])
+        plan_data["shards"] = tuple(ShardSpec(**s) for s in plan_data["shards"])
+        values = dict(data)
+        values["plan"] = ShardPlan(**plan_data)
+        values["shards"] = [PreparedShard(**s) for s in data["shards"]]
+        return cls(**values)
+
+
+@lru_cache(maxsize=1)
+def _s3_uri_pattern() -> re.Pattern[str]:
+    """Bedrock's own `S3Uri` pattern, from the service model boto3 ships (no `=`, `:`, `+`, spaces)."""
+    import botocore.loaders
+
+    model = botocore.loaders.Loader().load_service_model("bedrock", "service-2")
+    return re.compile(model["shapes"]["S3Uri"]["pattern"])
+
+
+def check_s3_uri(uri: str) -> str:
+    """Raise ValueError unless Bedrock would accept `uri` as a job input/output location."""
+    if len(uri) > 1024 or not _s3_uri_pattern().fullmatch(uri):
+        raise ValueError(
+            f"{uri!r} is not a valid Bedrock s3Uri: use a lowercase bucket and keys of letters, digits and "
+            f"-!_*'(). only (no '=', ':', '+', spaces or empty segments)"
+        )
+    return uri
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:04d}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _upload(path: Path, uri: str, aws: AwsSettings, chunk_bytes: int) -> None:
+    bucket, key = split_s3_uri(uri)
+    config = TransferConfig(
+        multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes, max_concurrency=4
+    )
+    client("s3", aws).upload_file(str(path), bucket, key, Config=config)
+    path.unlink(missing_ok=True)
+
+
+def estimate_tokens_expr(prompt: pl.Expr, system: str | None) -> pl.Expr:
+    """ceil(UTF-8 bytes of system + prompt / 4) per row: the estimate the emulator also bills by."""
+    system_bytes = len(system.encode("utf-8")) if system else 0
+    return ((prompt.str.len_bytes().cast(pl.Int64) + system_bytes + 3) // 4).fill_null(0)
+
+
+def prepare_run(
+    source: pl.LazyFrame,
+    *,
+    family: ModelFamily,
+    settings: InferenceSettings,
+    template: PromptTemplate | None,
+    run_uri: str,
+    aws: AwsSettings,
+    quotas: Quotas = Quotas(),
+    input_column: str = "input_text",
+    max_num_jobs: int | None = None,
+    max_records_per_job: int | None = None,
+    work_dir: str | Path | None = None,
+    multipart_chunk_bytes: int = MULTIPART_CHUNK_BYTES,
+) -> PreparedRun:
+    """Turn source rows into uploaded shards (or an on-demand file) under `run_uri`.
+
+    Rows whose template keys are null go to `invalid.parquet` (input columns + `error_code`
+    "invalid_input" + `error_message`) instead of a shard, for collect to merge into the results.
+    With `max_num_jobs`, only the first rows that fit in that many shards are sent (`dropped_rows`).
+    """
+    run_uri = run_uri.rstrip("/")
+    check_s3_uri(join_s3(run_uri, "input", shard_name(1) + ".jsonl"))
+    settings = settings.with_template(template)
+    columns = source.collect_schema().names()
+    if RECORD_ID not in columns:
+        raise SourceError("the source has no record_id column; load it with tasks.sources.load_source")
+    if template is not None:
+        rendered = render_prompts(source, template, prompt_column=_PROMPT, error_column=_ERROR)
+    else:
+        rendered = select_input(source, input_column, prompt_column=_PROMPT, error_column=_ERROR)
+    line = request_line_expr(family, settings, prompt=_PROMPT)
+    staged = rendered.with_columns(
+        pl.when(pl.col(_ERROR).is_null()).then(line).alias(_LINE),
+        estimate_tokens_expr(pl.col(_PROMPT), settings.system).alias(_TOKENS),
+    ).with_columns((pl.col(_LINE).str.len_bytes().cast(pl.Int64) + 1).alias(_BYTES))
+
+    with tempfile.TemporaryDirectory(prefix="prepare-", dir=work_dir) as tmp:
+        tmpdir = Path(tmp)
+        valid_path, invalid_path = tmpdir / "valid.parquet", tmpdir / "invalid.parquet"
+        invalid_cols = [
+            *columns,
+            pl.lit("invalid_input").alias("error_code"),
+            pl.col(_ERROR).alias("error_message"),
+        ]
+        # One streaming pass over the source feeds both files (the shared scan is computed once).
+        pl.collect_all(
+            [
+                staged.filter(pl.col(_ERROR).is_null())
+                .select(*columns, _PROMPT, _LINE, _BYTES, _TOKENS)
+                .sink_parquet(valid_path, row_group_size=_ROW_GROUP, lazy=True),
+                staged.filter(pl.col(_ERROR).is_not_null())
+                .select(invalid_cols)
+                .sink_parquet(invalid_path, row_group_size=_ROW_GROUP, lazy=True),
+            ]
+        )
+        valid = pl.scan_parquet(valid_path)
+        invalid = pl.scan_parquet(invalid_path)
+        ids = pl.concat([valid.select(RECORD_ID), invalid.select(RECORD_ID)])
+        stats = ids.select(
+            n=pl.len(),
+            null_ids=(pl.col(RECORD_ID).is_null() | (pl.col(RECORD_ID) == "")).sum(),
+            duplicated=pl.col(RECORD_ID).is_duplicated().sum(),
+        ).collect()
+        total_rows, null_ids, duplicated = stats.row(0)
+        check_ids(ids, total_rows, null_ids, duplicated, source="input")
+
+        sizes = valid.select(_BYTES, _TOKENS).collect()
+        plan = plan_shards(
+            sizes.get_column(_BYTES),
+            quotas,
+            max_num_jobs=max_num_jobs,
+            max_records_per_job=max_records_per_job,
+        )
+        tokens = int(sizes.get_column(_TOKENS).head(plan.total_records).sum())
+        invalid_rows = int(total_rows) - sizes.height
+
+        run = PreparedRun(
+            run_uri=run_uri,
+            shards=[],
+            plan=plan,
+            total_rows=int(total_rows),
+            invalid_rows=invalid_rows,
+            invalid_uri=None,
+            on_demand_uri=None,
+            columns=columns,
+            estimated_input_tokens=tokens,
+            dropped_rows=plan.dropped_records,
+            family=family.name,
+            settings=asdict(settings),
+        )
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload") as pool:
+            uploads: list[Future[None]] = []
+
+            def upload(path: Path, uri: str) -> None:
+                uploads.append(pool.submit(_upload, path, uri, aws, multipart_chunk_bytes))
+
+            if invalid_rows:
+                run.invalid_uri = join_s3(run_uri, "invalid.parquet")
+                upload(invalid_path, run.invalid_uri)
+            if plan.on_demand:
+                if plan.total_records:
+                    path = tmpdir / "on_demand.parquet"
+                    valid.head(plan.total_records).select(
+                        *columns, pl.col(_PROMPT).alias("prompt"), pl.col(_LINE).alias("line")
+                    ).sink_parquet(path)
+                    run.on_demand_uri = join_s3(run_uri, "on_demand.parquet")
+                    upload(path, run.on_demand_uri)
+            else:
+                for spec in plan.shards:
+                    run.shards.append(_write_shard(valid, spec, columns, run_uri, tmpdir, upload))
+            for future in uploads:
+                future.result()
+        _put_json(join_s3(run_uri, PREPARED_MANIFEST), run.to_dict(), aws)
+    return run
+
+
+def _write_shard(
+    valid: pl.LazyFrame, spec: ShardSpec, columns: list[str], run_uri: str, tmpdir: Path, upload: Any
+) -> PreparedShard:
+    name = shard_name(spec.index)
+    part = valid.slice(spec.start, spec.records)
+    jsonl = tmpdir / f"{name}.jsonl"
+    snapshot = tmpdir / f"{name}.parquet"
+    # The `line` column is already JSON without raw newlines; write it verbatim, one per line.
+    part.select(_LINE).sink_csv(jsonl, include_header=False, quote_style="never")
+    part.select(columns).sink_parquet(snapshot)
+    size = jsonl.stat().st_size
+    if size != spec.bytes:  # the plan's byte limits rest on this
+        raise RuntimeError(f"{name}: wrote {size} bytes, planned {spec.bytes}")
+    shard = PreparedShard(
+        index=spec.index,
+        name=name,
+        input_uri=check_s3_uri(join_s3(run_uri, "input", f"{name}.jsonl")),
+        snapshot_uri=join_s3(run_uri, "snapshots", f"{name}.parquet"),
+        records=spec.records,
+        bytes=spec.bytes,
+        content_hash=_sha256(jsonl),
+        start=spec.start,
+    )
+    upload(jsonl, shard.input_uri)
+    upload(snapshot, shard.snapshot_uri)
+    return shard
+
+
+def _put_json(uri: str, data: dict[str, Any], aws: AwsSettings) -> None:
+    bucket, key = split_s3_uri(uri)
+    body = json.dumps(data, indent=1, sort_keys=True).encode()
+    client("s3", aws).put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+
+
+def load_prepared(run_uri: str, aws: AwsSettings) -> PreparedRun | None:
+    """The `prepared.json` a previous prepare left under `run_uri`, or None (resume support)."""
+    bucket, key = split_s3_uri(join_s3(run_uri, PREPARED_MANIFEST))
+    s3 = client("s3", aws)
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+    return PreparedRun.from_dict(json.loads(body))
+
+
+def estimated_tokens_ceil(text: str, system: str | None = None) -> int:
+    """The per-record token estimate for one prompt (same rule as `estimate_tokens_expr`)."""
+    return math.ceil((len(text.encode("utf-8")) + len((system or "").encode("utf-8"))) / 4)
