@@ -1,0 +1,345 @@
+"""Collect a job's outputs: parse `.jsonl.out`, left-join to the shard's input rows, write Parquet.
+
+The join runs from the input side, so every input row comes out exactly once whatever the output holds:
+a record missing from the output gets `error_code="missing"`, duplicates collapse to one (a success wins),
+a malformed line becomes its record's `malformed_output` error, and output records that match no input
+row are counted as a problem instead of leaking into the result. Reading is `pl.scan_lines` (S3 through
+`storage_options`), parsing is one `str.json_decode`, the join is a Polars hash join: no per-row Python.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import polars as pl
+from boto3.s3.transfer import TransferConfig
+
+from tasks.aws import AwsSettings, client, join_s3, split_s3_uri, storage_options
+from tasks.formats import ModelFamily, parse_output_lines, result_schema
+from tasks.sources import RECORD_ID
+
+RESULTS_DIR = "results"
+RESULTS_MANIFEST = "manifest.json"
+_ERROR_RANK = "__rank"
+
+
+@dataclass
+class CollectedShard:
+    """One shard's joined results and what was wrong with its outputs (for the report)."""
+
+    frame: pl.DataFrame
+    manifest: dict[str, Any] | None
+    ok: int
+    failed: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def error_counts(self) -> dict[str, int]:
+        return error_counts(self.frame)
+
+
+@dataclass(frozen=True)
+class ResultPart:
+    """One written `results/part-*.parquet` file, as listed in `results/manifest.json`."""
+
+    name: str
+    uri: str
+    rows: int
+    ok: int
+    failed: int
+    error_counts: dict[str, int]
+
+
+def error_counts(frame: pl.DataFrame) -> dict[str, int]:
+    """Rows per non-null `error_code`, sorted by code."""
+    counts = frame.filter(pl.col("error_code").is_not_null()).group_by("error_code").len().sort("error_code")
+    return dict(zip(counts["error_code"].to_list(), counts["len"].to_list(), strict=True))
+
+
+def _empty_results(family: ModelFamily) -> pl.DataFrame:
+    return pl.DataFrame(schema={RECORD_ID: pl.String, **result_schema(family)})
+
+
+def _input_side(snapshot: pl.DataFrame, family: ModelFamily) -> tuple[pl.DataFrame, list[str]]:
+    """Rename input columns that clash with result names (`response` -> `response_input`)."""
+    clash = [c for c in result_schema(family) if c in snapshot.columns]
+    if not clash:
+        return snapshot, []
+    renamed = snapshot.rename({c: f"{c}_input" for c in clash})
+    return renamed, [
+        f"input columns {clash} clash with result columns; kept as {[c + '_input' for c in clash]}"
+    ]
+
+
+def best_per_record(results: pl.DataFrame) -> pl.DataFrame:
+    """One row per record_id: a success over a model error over a malformed line, then the first seen."""
+    rank = (
+        pl.when(pl.col("error_code").is_null())
+        .then(0)
+        .when(pl.col("error_code") == "malformed_output")
+        .then(2)
+        .otherwise(1)
+    )
+    return (
+        results.filter(pl.col(RECORD_ID).is_not_null())
+        .with_row_index("__order")
+        .with_columns(rank.alias(_ERROR_RANK))
+        .sort([_ERROR_RANK, "__order"])
+        .unique(RECORD_ID, keep="first", maintain_order=True)
+        .drop(_ERROR_RANK, "__order")
+    )
+
+
+def join_results(
+    snapshot: pl.DataFrame,
+    results: pl.DataFrame,
+    family: ModelFamily,
+    *,
+    missing_code: str = "missing",
+    missing_message: str = "no output record for this recordId",
+) -> pl.DataFrame:
+    """Input rows (in their order) + result columns: exactly one output row per input row."""
+    schema = result_schema(family)
+    best = best_per_record(results).select(RECORD_ID, *schema)
+    found = pl.col("__found")
+    joined = snapshot.join(
+        best.with_columns(pl.lit(True).alias("__found")),
+        on=RECORD_ID,
+        how="left",
+        maintain_order="left",
+        validate="m:1",
+    )
+    return joined.with_columns(
+        pl.when(found.is_null())
+        .then(pl.lit(missing_code))
+        .otherwise(pl.col("error_code"))
+        .alias("error_code"),
+        pl.when(found.is_null())
+        .then(pl.lit(missing_message))
+        .otherwise(pl.col("error_message"))
+        .alias("error_message"),
+    ).drop("__found")
+
+
+def conform(
+    frame: pl.DataFrame, family: ModelFamily, input_columns: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """The output schema exactly: input columns, then result columns with their dtypes (missing -> null)."""
+    schema = result_schema(family)
+    inputs = (
+        list(input_columns) if input_columns is not None else [c for c in frame.columns if c not in schema]
+    )
+    results = [
+        (pl.col(c) if c in frame.columns else pl.lit(None)).cast(dtype).alias(c)
+        for c, dtype in schema.items()
+    ]
+    return frame.select(*inputs, *results)
+
+
+def _read_json(uri: str, aws: AwsSettings) -> dict[str, Any] | None:
+    bucket, key = split_s3_uri(uri)
+    s3 = client("s3", aws)
+    try:
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def list_outputs(output_prefix_uri: str, aws: AwsSettings) -> list[str]:
+    """Every object URI under a job's `{out}/{jobId}/` prefix."""
+    bucket, prefix = split_s3_uri(output_prefix_uri.rstrip("/") + "/")
+    paginator = client("s3", aws).get_paginator("list_objects_v2")
+    return [
+        f"s3://{bucket}/{obj['Key']}"
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+        for obj in page.get("Contents", [])
+    ]
+
+
+def read_output_lines(uris: Sequence[str], aws: AwsSettings) -> pl.DataFrame:
+    """All lines of the given `.jsonl.out` files as one Utf8 `line` column (native S3 reads)."""
+    if not uris:
+        return pl.DataFrame(schema={"line": pl.String})
+    return pl.scan_lines(list(uris), name="line", storage_options=storage_options(aws)).collect()
+
+
+def read_snapshot(snapshot_uri: str, aws: AwsSettings) -> pl.DataFrame:
+    return pl.read_parquet(snapshot_uri, storage_options=storage_options(aws))
+
+
+def collect_shard(
+    *,
+    family: ModelFamily,
+    output_prefix_uri: str,
+    snapshot_uri: str,
+    input_file_name: str,
+    aws: AwsSettings,
+    missing_code: str = "missing",
+) -> CollectedShard:
+    """Join one job's outputs (`{out}/{jobId}/*.jsonl.out`, `manifest.json.out`) to its snapshot rows.
+
+    `missing_code` lets the caller say why absent records are absent (`"expired"` for an Expired job).
+    """
+    problems: list[str] = []
+    prefix = output_prefix_uri.rstrip("/") + "/"
+    found = list_outputs(prefix, aws)
+    outputs = sorted(u for u in found if u.endswith(".jsonl.out"))
+    expected = f"{input_file_name}.out"
+    if not outputs:
+        problems.append(f"missing output file {expected} under {prefix}: every record marked {missing_code}")
+    elif not any(u.endswith("/" + expected) for u in outputs):
+        problems.append(
+            f"expected {expected} under {prefix}, found {[u.rsplit('/', 1)[-1] for u in outputs]}"
+        )
+    manifest = _read_json(prefix + "manifest.json.out", aws)
+    if manifest is None:
+        problems.append(f"missing manifest.json.out under {prefix}")
+
+    lines = read_output_lines(outputs, aws)
+    parsed = parse_output_lines(lines, family) if lines.height else _empty_results(family)
+    snapshot, clash = _input_side(read_snapshot(snapshot_uri, aws), family)
+    problems += clash
+    frame, more = _join_and_check(snapshot, parsed, family, missing_code=missing_code)
+    problems += more
+    if manifest is not None and manifest.get("totalRecordCount") not in (None, snapshot.height):
+        problems.append(
+            f"manifest counts {manifest['totalRecordCount']} records, the shard has {snapshot.height}"
+        )
+    failed = int(frame.get_column("error_code").is_not_null().sum())
+    return CollectedShard(frame, manifest, frame.height - failed, failed, problems)
+
+
+def _join_and_check(
+    snapshot: pl.DataFrame, parsed: pl.DataFrame, family: ModelFamily, *, missing_code: str
+) -> tuple[pl.DataFrame, list[str]]:
+    problems: list[str] = []
+    malformed = int((parsed.get_column("error_code") == "malformed_output").sum())
+    orphans = int(parsed.get_column(RECORD_ID).is_null().sum())
+    if malformed:
+        problems.append(f"{malformed} malformed output line(s)")
+    if orphans:
+        problems.append(f"{orphans} output line(s) with no readable recordId (cannot be matched to a row)")
+    duplicates = parsed.height - orphans - parsed.get_column(RECORD_ID).drop_nulls().n_unique()
+    if duplicates:
+        problems.append(f"{duplicates} duplicate output record(s) collapsed")
+    strangers = parsed.filter(pl.col(RECORD_ID).is_not_null()).join(
+        snapshot.select(RECORD_ID), on=RECORD_ID, how="anti"
+    )
+    if strangers.height:
+        problems.append(f"{strangers.get_column(RECORD_ID).n_unique()} output recordId(s) match no input row")
+    frame = join_results(snapshot, parsed, family, missing_code=missing_code)
+    missing = int((frame.get_column("error_code") == missing_code).sum())
+    if missing and parsed.height:
+        problems.append(f"{missing} record(s) missing from the output")
+    return conform(frame, family, snapshot.columns), problems
+
+
+def collect_lines(lines: pl.DataFrame, snapshot: pl.DataFrame, family: ModelFamily) -> CollectedShard:
+    """`collect_shard` without S3: parse `lines` and join them to `snapshot` (tests, local repairs)."""
+    parsed = parse_output_lines(lines, family) if lines.height else _empty_results(family)
+    snapshot, clash = _input_side(snapshot, family)
+    frame, problems = _join_and_check(snapshot, parsed, family, missing_code="missing")
+    failed = int(frame.get_column("error_code").is_not_null().sum())
+    return CollectedShard(frame, None, frame.height - failed, failed, clash + problems)
+
+
+def mark_failed(
+    snapshot_uri: str, error_code: str, error_message: str, family: ModelFamily, aws: AwsSettings
+) -> pl.DataFrame:
+    """Every row of a shard whose job produced nothing usable (Failed, Stopped...), with that error."""
+    snapshot, _ = _input_side(read_snapshot(snapshot_uri, aws), family)
+    return conform(
+        snapshot.with_columns(
+            pl.lit(error_code, dtype=pl.String).alias("error_code"),
+            pl.lit(error_message, dtype=pl.String).alias("error_message"),
+        ),
+        family,
+        snapshot.columns,
+    )
+
+
+def mark_invalid(invalid_uri: str, family: ModelFamily, aws: AwsSettings) -> pl.DataFrame:
+    """The rows prepare refused (`invalid.parquet`) in the output schema, `error_code="invalid_input"`."""
+    refused = read_snapshot(invalid_uri, aws)
+    inputs = [c for c in refused.columns if c not in ("error_code", "error_message")]
+    return conform(refused, family, inputs)
+
+
+def apply_repairs(base: pl.DataFrame, repaired: pl.DataFrame) -> pl.DataFrame:
+    """Replace the result columns of the rows a repair re-ran; row order and input columns stay."""
+    result_cols = [c for c in repaired.columns if c != RECORD_ID and c in base.columns]
+    fresh = best_per_record(repaired).select(RECORD_ID, *result_cols)
+    merged = base.join(fresh, on=RECORD_ID, how="left", maintain_order="left", suffix="__new")
+    hit = pl.col(RECORD_ID).is_in(fresh.get_column(RECORD_ID).implode())
+    return merged.with_columns(
+        [pl.when(hit).then(pl.col(f"{c}__new")).otherwise(pl.col(c)).alias(c) for c in result_cols]
+    ).select(base.columns)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def result_part_name(index: int) -> str:
+    return f"part-{index:04d}"
+
+
+def write_result_part(frame: pl.DataFrame, run_uri: str, name: str, aws: AwsSettings) -> ResultPart:
+    """Write `results/<name>.parquet` (uploaded with multipart when large) and describe it."""
+    uri = join_s3(run_uri, RESULTS_DIR, f"{name}.parquet")
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd")
+    buffer.seek(0)
+    bucket, key = split_s3_uri(uri)
+    config = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
+    client("s3", aws).upload_fileobj(buffer, bucket, key, Config=config)
+    failed = int(frame.get_column("error_code").is_not_null().sum())
+    return ResultPart(name, uri, frame.height, frame.height - failed, failed, error_counts(frame))
+
+
+def write_results_manifest(
+    run_uri: str, parts: Sequence[ResultPart], aws: AwsSettings, extra: Mapping[str, Any] | None = None
+) -> str:
+    """`results/manifest.json`: the parts and run totals (what the report and a re-run read)."""
+    totals: dict[str, int] = {}
+    for part in parts:
+        for code, n in part.error_counts.items():
+            totals[code] = totals.get(code, 0) + n
+    document = {
+        "parts": [asdict(p) for p in sorted(parts, key=lambda p: p.name)],
+        "rows": sum(p.rows for p in parts),
+        "ok": sum(p.ok for p in parts),
+        "failed": sum(p.failed for p in parts),
+        "error_counts": dict(sorted(totals.items())),
+        **(dict(extra) if extra else {}),
+    }
+    uri = join_s3(run_uri, RESULTS_DIR, RESULTS_MANIFEST)
+    bucket, key = split_s3_uri(uri)
+    body = json.dumps(document, indent=1, sort_keys=True).encode()
+    client("s3", aws).put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    return uri
+
+
+def write_results(
+    frames: Mapping[str, pl.DataFrame] | Sequence[pl.DataFrame],
+    run_uri: str,
+    aws: AwsSettings,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Write every part (a sequence is numbered `part-0001`...) and the manifest; return the results URI."""
+    named = (
+        frames.items()
+        if isinstance(frames, Mapping)
+        else ((result_part_name(i), f) for i, f in enumerate(frames, start=1))
+    )
+    parts = [write_result_part(frame, run_uri, name, aws) for name, frame in named]
+    write_results_manifest(run_uri, parts, aws, extra)
+    return join_s3(run_uri, RESULTS_DIR) + "/"
+
+
+def read_results(run_uri: str, aws: AwsSettings) -> pl.LazyFrame:
+    """All result parts of a run as one lazy frame."""
+    return pl.scan_parquet(join_s3(run_uri, RESULTS_DIR, "*.parquet"), storage_options=storage_options(aws))
