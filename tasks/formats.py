@@ -89,7 +89,12 @@ def resolve_family(model_id: str, invocation_type: str = "InvokeModel") -> Model
     kind = invocation_type.strip().lower()
     if kind not in ("invokemodel", "converse"):
         raise ValueError(f"invocation type must be InvokeModel or Converse, not {invocation_type!r}")
-    base = base_model_id(model_id)
+    try:
+        base = base_model_id(model_id)
+    except UnknownModelError:
+        if kind == "converse":  # an application profile or provisioned model: Converse needs no family
+            return FAMILIES["converse"]
+        raise
     if base.startswith("amazon.titan-embed-text-v2"):
         if kind == "converse":
             raise UnknownModelError(f"{model_id!r} is an embedding model; Converse serves chat models only")
