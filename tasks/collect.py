@@ -264,9 +264,13 @@ def mark_failed(
 
 def mark_invalid(invalid_uri: str, family: ModelFamily, aws: AwsSettings) -> pl.DataFrame:
     """The rows prepare refused (`invalid.parquet`) in the output schema, `error_code="invalid_input"`."""
-    refused = read_snapshot(invalid_uri, aws)
-    inputs = [c for c in refused.columns if c not in ("error_code", "error_message")]
-    return conform(refused, family, inputs)
+    refused, _ = _input_side(read_snapshot(invalid_uri, aws), family)
+    inputs = [c for c in refused.columns if c != "input_error"]
+    marked = refused.with_columns(
+        pl.lit("invalid_input", dtype=pl.String).alias("error_code"),
+        pl.col("input_error").alias("error_message"),
+    )
+    return conform(marked, family, inputs)
 
 
 def apply_repairs(base: pl.DataFrame, repaired: pl.DataFrame) -> pl.DataFrame:

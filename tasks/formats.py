@@ -508,6 +508,9 @@ def invoke_request(
 ) -> tuple[str, dict[str, Any]]:
     """The bedrock-runtime call for one record: (`"invoke_model"` | `"converse"`, kwargs without modelId).
 
+    `invoke_model` kwargs are just `{"body": bytes}` (JSON; the caller adds modelId and may add
+    contentType/accept); `converse` kwargs are `messages`, `system`?, `inferenceConfig`.
+
     The body comes from the same expression as the batch lines, so batch and repair requests agree.
     """
     frame = pl.DataFrame(
@@ -517,11 +520,7 @@ def invoke_request(
     body = orjson.loads(line)["modelInput"]
     if family.name == "converse":
         return "converse", body
-    return "invoke_model", {
-        "body": orjson.dumps(body),
-        "contentType": "application/json",
-        "accept": "application/json",
-    }
+    return "invoke_model", {"body": orjson.dumps(body)}
 
 
 def parse_invoke_response(family: ModelFamily, response: Mapping[str, Any]) -> dict[str, Any]:

@@ -150,8 +150,10 @@ def prepare_run(
 ) -> PreparedRun:
     """Turn source rows into uploaded shards (or an on-demand file) under `run_uri`.
 
-    Rows whose template keys are null go to `invalid.parquet` (input columns + `error_code`
-    "invalid_input" + `error_message`) instead of a shard, for collect to merge into the results.
+    Rows whose template keys are null go to `invalid.parquet` (input columns + Utf8 `input_error`)
+    instead of a shard; collect's `mark_invalid` turns them into `error_code="invalid_input"` rows.
+    `on_demand.parquet` holds input columns + the request's `prompt` and `line` (which replace input
+    columns of the same names).
     With `max_num_jobs`, only the first rows that fit in that many shards are sent (`dropped_rows`).
     """
     run_uri = run_uri.rstrip("/")
@@ -173,11 +175,7 @@ def prepare_run(
     with tempfile.TemporaryDirectory(prefix="prepare-", dir=work_dir) as tmp:
         tmpdir = Path(tmp)
         valid_path, invalid_path = tmpdir / "valid.parquet", tmpdir / "invalid.parquet"
-        invalid_cols = [
-            *columns,
-            pl.lit("invalid_input").alias("error_code"),
-            pl.col(_ERROR).alias("error_message"),
-        ]
+        invalid_cols = [*columns, pl.col(_ERROR).alias("input_error")]
         # One streaming pass over the source feeds both files (the shared scan is computed once).
         pl.collect_all(
             [
@@ -236,8 +234,9 @@ def prepare_run(
             if plan.on_demand:
                 if plan.total_records:
                     path = tmpdir / "on_demand.parquet"
+                    keep = [c for c in columns if c not in ("prompt", "line")]
                     valid.head(plan.total_records).select(
-                        *columns, pl.col(_PROMPT).alias("prompt"), pl.col(_LINE).alias("line")
+                        *keep, pl.col(_PROMPT).alias("prompt"), pl.col(_LINE).alias("line")
                     ).sink_parquet(path)
                     run.on_demand_uri = join_s3(run_uri, "on_demand.parquet")
                     upload(path, run.on_demand_uri)
