@@ -30,7 +30,9 @@ TERMINAL = frozenset({"Completed", "PartiallyCompleted", "Failed", "Stopped", "E
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    """Now, at the millisecond precision the API reports, so time filters agree with returned times."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def _matches(name: str, needles: tuple[str, ...]) -> bool:

@@ -53,6 +53,8 @@ class EmulatorServer:
         self._server: BaseWSGIServer = make_server(host, port, self._app, threaded=True,
                                                    request_handler=_QuietHandler)
         self.host, self.port = self._server.server_address[:2]
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
         self.engine = JobEngine(load_profile(profile), lambda: self.client("s3"), REGION)
         self.api = BedrockApi(self.engine)
         self._metrics = MetricsPublisher(self.engine, lambda: self.client("cloudwatch"))
@@ -93,13 +95,17 @@ class EmulatorServer:
             "AWS_ALLOW_HTTP": "true",
         }
 
-    def client(self, service: str, **config: Any) -> Any:
-        """A boto3 client for this endpoint (dummy credentials)."""
-        return boto3.session.Session().client(
-            service, endpoint_url=self.url, region_name=REGION, aws_access_key_id=DUMMY_KEY,
-            aws_secret_access_key=DUMMY_KEY,
-            config=Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=16, **config),
-        )
+    def client(self, service: str) -> Any:
+        """A boto3 client for this endpoint (dummy credentials), built once per service and shared:
+        clients are thread-safe and slow to build."""
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = boto3.session.Session().client(
+                    service, endpoint_url=self.url, region_name=REGION, aws_access_key_id=DUMMY_KEY,
+                    aws_secret_access_key=DUMMY_KEY,
+                    config=Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32),
+                )
+            return self._clients[service]
 
     def calls(self) -> list[dict[str, Any]]:
         return self.api.calls.all()
