@@ -44,7 +44,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
 @pytest.fixture(scope="session")
 def clients(emulator) -> dict[str, Any]:
     """Plain boto3 clients pointed at the emulator; no retries, so every error surfaces."""
-    config = Config(retries={"mode": "standard", "max_attempts": 1})
+    config = Config(retries={"mode": "standard", "total_max_attempts": 1})
     kwargs = dict(endpoint_url=emulator.url, region_name="us-east-1", aws_access_key_id="testing",
                   aws_secret_access_key="testing", config=config)
     return {name: boto3.client(name, **kwargs) for name in ("bedrock", "bedrock-runtime", "s3", "cloudwatch")}

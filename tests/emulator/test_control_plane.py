@@ -133,7 +133,7 @@ def test_checks_boto3_would_do_client_side_are_also_enforced_by_the_server(emula
     """Bounds botocore checks before sending (timeout < 24, missing members) are refused server-side too."""
     raw = boto3.client(
         "bedrock", endpoint_url=emulator.url, region_name="us-east-1", aws_access_key_id="t",
-        aws_secret_access_key="t", config=Config(parameter_validation=False, retries={"max_attempts": 1}),
+        aws_secret_access_key="t", config=Config(parameter_validation=False, retries={"total_max_attempts": 1}),
     )
     with pytest.raises(raw.exceptions.ValidationException, match="greater than or equal to 24"):
         raw.create_model_invocation_job(
