@@ -15,8 +15,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m emulator", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4566)
-    parser.add_argument("--profile", help=f"profile JSON file or text (default: ${PROFILE_ENV}, else defaults)")
-    parser.add_argument("--time-scale", type=float, help="real seconds per emulated second (overrides the profile)")
+    parser.add_argument(
+        "--profile", help=f"profile JSON file or text (default: ${PROFILE_ENV}, else defaults)"
+    )
+    parser.add_argument(
+        "--time-scale", type=float, help="real seconds per emulated second (overrides the profile)"
+    )
     parser.add_argument("--seed", type=int, help="fault seed (overrides the profile)")
     args = parser.parse_args(argv)
 

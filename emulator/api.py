@@ -18,15 +18,20 @@ from typing import Any
 import orjson
 from werkzeug.wrappers import Request, Response
 
-from emulator.families import Family, model_key, resolve_family
+from emulator.families import Family, resolve_family
 from emulator.jobs import JobEngine
 from emulator.records import invoke_one
 from emulator.service_model import CONTROL, RUNTIME, ApiError, iso, parse_query, validate
 
 JOB_PATH = re.compile(r"^/model-invocation-job/(?P<ident>.+?)(?P<stop>/stop)?$")
-MODEL_PATH = re.compile(r"^/model/(?P<model>.+)/(?P<op>invoke|converse|invoke-with-response-stream|converse-stream)$")
+MODEL_PATH = re.compile(
+    r"^/model/(?P<model>.+)/(?P<op>invoke|converse|invoke-with-response-stream|converse-stream)$"
+)
 BEDROCK_PATH = re.compile(r"^/(model-invocation-jobs?(/.*)?|model/.+/(invoke|converse)[-a-z]*)$")
-STREAMING = {"invoke-with-response-stream": "InvokeModelWithResponseStream", "converse-stream": "ConverseStream"}
+STREAMING = {
+    "invoke-with-response-stream": "InvokeModelWithResponseStream",
+    "converse-stream": "ConverseStream",
+}
 
 
 def _json(payload: Any, status: int = 200, content_type: str = "application/json") -> Response:
@@ -85,12 +90,20 @@ class BedrockApi:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
         operation, handler, args = self._route(request)
-        entry: dict[str, Any] = {"operation": operation, "jobName": None, "clientRequestToken": None,
-                                 "jobArn": None, "modelId": None}
+        entry: dict[str, Any] = {
+            "operation": operation,
+            "jobName": None,
+            "clientRequestToken": None,
+            "jobArn": None,
+            "modelId": None,
+        }
         try:
             if operation and self._throttled(operation):
-                raise ApiError("ThrottlingException", "Too many requests, please wait before trying again.",
-                               RUNTIME if operation in ("InvokeModel", "Converse") else CONTROL)
+                raise ApiError(
+                    "ThrottlingException",
+                    "Too many requests, please wait before trying again.",
+                    RUNTIME if operation in ("InvokeModel", "Converse") else CONTROL,
+                )
             response = handler(request, entry, *args)
         except ApiError as exc:
             response = error_response(exc)
@@ -114,15 +127,21 @@ class BedrockApi:
         if (match := MODEL_PATH.match(path)) and method == "POST":
             if match["op"] in STREAMING:
                 return STREAMING[match["op"]], self.streaming, (match["model"],)
-            return ("InvokeModel", self.invoke, (match["model"],)) if match["op"] == "invoke" else (
-                "Converse", self.converse, (match["model"],))
+            return (
+                ("InvokeModel", self.invoke, (match["model"],))
+                if match["op"] == "invoke"
+                else ("Converse", self.converse, (match["model"],))
+            )
         return "", self.unknown, ()
 
     # ---------------------------------------------------------------------------------- control plane
     def create(self, request: Request, entry: dict[str, Any]) -> Response:
         body = _body(request)
-        entry.update(jobName=body.get("jobName"), clientRequestToken=body.get("clientRequestToken"),
-                     modelId=body.get("modelId"))
+        entry.update(
+            jobName=body.get("jobName"),
+            clientRequestToken=body.get("clientRequestToken"),
+            modelId=body.get("modelId"),
+        )
         validate(body, "CreateModelInvocationJobRequest")
         job = self.engine.create(body)
         entry["jobArn"] = job.arn
@@ -140,8 +159,12 @@ class BedrockApi:
     def _find(self, ident: str, entry: dict[str, Any]) -> Any:
         validate({"jobIdentifier": ident}, "StopModelInvocationJobRequest")
         job = self.engine.find(ident)
-        entry.update(jobName=job.name, jobArn=job.arn, modelId=job.model_id,
-                     clientRequestToken=job.request.get("clientRequestToken"))
+        entry.update(
+            jobName=job.name,
+            jobArn=job.arn,
+            modelId=job.model_id,
+            clientRequestToken=job.request.get("clientRequestToken"),
+        )
         return job
 
     def list(self, request: Request, entry: dict[str, Any]) -> Response:
@@ -149,13 +172,15 @@ class BedrockApi:
         validate(query, "ListModelInvocationJobsRequest")
         entry["jobName"] = query.get("nameContains")
         jobs = self.engine.list(
-            status=query.get("statusEquals"), name_contains=query.get("nameContains"),
-            after=query.get("submitTimeAfter"), before=query.get("submitTimeBefore"),
+            status=query.get("statusEquals"),
+            name_contains=query.get("nameContains"),
+            after=query.get("submitTimeAfter"),
+            before=query.get("submitTimeBefore"),
             descending=query.get("sortOrder", "Descending") == "Descending",
         )
         start = _decode_token(query.get("nextToken"))
         size = query.get("maxResults", 1000)
-        page = jobs[start:start + size]
+        page = jobs[start : start + size]
         out: dict[str, Any] = {"invocationJobSummaries": [j.describe() for j in page]}
         if start + size < len(jobs):
             out["nextToken"] = base64.urlsafe_b64encode(str(start + size).encode()).decode()
@@ -177,8 +202,11 @@ class BedrockApi:
             if not isinstance(orjson.loads(body), dict):
                 raise ValueError
         except ValueError:
-            raise ApiError("ValidationException", "Malformed input request, please reformat your input and try again.",
-                           RUNTIME) from None
+            raise ApiError(
+                "ValidationException",
+                "Malformed input request, please reformat your input and try again.",
+                RUNTIME,
+            ) from None
         row = invoke_one(family, model, body)
         if row["output"] is None:
             raise ApiError("ValidationException", str(row["error_message"]), RUNTIME)
@@ -187,8 +215,12 @@ class BedrockApi:
     def converse(self, request: Request, entry: dict[str, Any], model: str) -> Response:
         if resolve_family(model) is Family.TITAN_EMBED_V2:
             entry["modelId"] = model
-            raise ApiError("ValidationException", "This action doesn't support the model that you provided. "
-                           "Try again with a supported text or chat model.", RUNTIME)
+            raise ApiError(
+                "ValidationException",
+                "This action doesn't support the model that you provided. "
+                "Try again with a supported text or chat model.",
+                RUNTIME,
+            )
         family = self._family(model, entry, "Converse")
         body = _body(request, RUNTIME)
         validate({**body, "modelId": model}, "ConverseRequest", RUNTIME)
@@ -200,8 +232,11 @@ class BedrockApi:
 
     def streaming(self, request: Request, entry: dict[str, Any], model: str) -> Response:
         entry["modelId"] = model
-        raise ApiError("ValidationException", "The Bedrock emulator does not implement streaming responses; "
-                       "use InvokeModel or Converse.", RUNTIME)
+        raise ApiError(
+            "ValidationException",
+            "The Bedrock emulator does not implement streaming responses; use InvokeModel or Converse.",
+            RUNTIME,
+        )
 
     def unknown(self, request: Request, entry: dict[str, Any]) -> Response:
         raise ApiError("ValidationException", f"Unknown operation {request.method} {request.path}")
@@ -225,5 +260,3 @@ def _decode_token(token: str | None) -> int:
     except ValueError:
         raise ApiError("ValidationException", "The nextToken is not valid.") from None
 
-
-__all__ = ["BEDROCK_PATH", "BedrockApi", "CallLog", "error_response", "model_key"]

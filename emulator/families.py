@@ -65,7 +65,7 @@ def resolve_family(model_id: str, invocation_type: str | None = "InvokeModel") -
     key = model_key(model_id)
     for geo in GEO_PREFIXES:
         if key.startswith(geo):
-            key = key[len(geo):]
+            key = key[len(geo) :]
             break
     family = next((fam for prefix, fam in _PREFIX_RULES if key.startswith(prefix)), None)
     if family is None:
@@ -119,12 +119,16 @@ def _block_text(blocks: pl.Expr) -> pl.Expr:
 
 def _chat(messages: pl.Expr, blocks: bool) -> tuple[pl.Expr, pl.Expr]:
     """(bytes of all message text, text of the last user message)."""
-    last_user = messages.list.eval(pl.element().filter(pl.element().struct.field("role") == "user")).list.last()
+    last_user = messages.list.eval(
+        pl.element().filter(pl.element().struct.field("role") == "user")
+    ).list.last()
     if blocks:
         total = messages.list.eval(_block_bytes(pl.element().struct.field("content"))).list.sum()
         prompt = _block_text(last_user.struct.field("content"))
     else:
-        total = messages.list.eval(pl.element().struct.field("content").str.len_bytes().cast(pl.Int64)).list.sum()
+        total = messages.list.eval(
+            pl.element().struct.field("content").str.len_bytes().cast(pl.Int64)
+        ).list.sum()
         prompt = last_user.struct.field("content")
     return total, prompt
 
@@ -149,18 +153,29 @@ def _features(
 ) -> pl.DataFrame:
     error: pl.Expr = pl.lit(None, pl.String)
     for condition, message in reversed(
-        [(_MI.is_null(), "#: required key [modelInput] not found"),
-         (_field("modelId").is_not_null(), "#: extraneous key [modelId] is not permitted"), *rules]
+        [
+            (_MI.is_null(), "#: required key [modelInput] not found"),
+            (_field("modelId").is_not_null(), "#: extraneous key [modelId] is not permitted"),
+            *rules,
+        ]
     ):
         error = pl.when(condition).then(pl.lit(message)).otherwise(error)
     columns = {
-        "prompt": prompt, "text_bytes": text_bytes, "max_tokens": max_tokens, "error": error,
-        "text": text, "dims": dims, "normalize": normalize,
+        "prompt": prompt,
+        "text_bytes": text_bytes,
+        "max_tokens": max_tokens,
+        "error": error,
+        "text": text,
+        "dims": dims,
+        "normalize": normalize,
     }
     return df.select(
         pl.col("recordId").alias("record_id"),
-        *[(expr if expr is not None else pl.lit(None)).cast(dtype).alias(name)
-          for name, dtype in ((n, FEATURES[n]) for n in FEATURES) for expr in [columns[name]]],
+        *[
+            (expr if expr is not None else pl.lit(None)).cast(dtype).alias(name)
+            for name, dtype in ((n, FEATURES[n]) for n in FEATURES)
+            for expr in [columns[name]]
+        ],
     )
 
 
@@ -171,9 +186,11 @@ def _claude(content_blocks: bool, system_blocks: bool) -> Callable[[pl.DataFrame
         system = _block_bytes(_field("system")) if system_blocks else _field("system").str.len_bytes()
         return _features(
             df,
-            [*_required("anthropic_version", "max_tokens", "messages"),
-             (messages.list.len() == 0, "#/messages: expected minimum item count: 1, found: 0"),
-             _min_one("max_tokens", _field("max_tokens"))],
+            [
+                *_required("anthropic_version", "max_tokens", "messages"),
+                (messages.list.len() == 0, "#/messages: expected minimum item count: 1, found: 0"),
+                _min_one("max_tokens", _field("max_tokens")),
+            ],
             prompt=prompt,
             text_bytes=system.cast(pl.Int64).fill_null(0) + total.fill_null(0),
             max_tokens=_field("max_tokens"),
@@ -189,9 +206,11 @@ def _nova_like(default_max: int) -> Callable[[pl.DataFrame], pl.DataFrame]:
         max_tokens = _field("inferenceConfig").struct.field("maxTokens")
         return _features(
             df,
-            [*_required("messages"),
-             (messages.list.len() == 0, "#/messages: expected minimum item count: 1, found: 0"),
-             _min_one("inferenceConfig/maxTokens", max_tokens.fill_null(default_max))],
+            [
+                *_required("messages"),
+                (messages.list.len() == 0, "#/messages: expected minimum item count: 1, found: 0"),
+                _min_one("inferenceConfig/maxTokens", max_tokens.fill_null(default_max)),
+            ],
             prompt=prompt,
             text_bytes=_block_bytes(_field("system")).fill_null(0) + total.fill_null(0),
             max_tokens=max_tokens.fill_null(default_max),
@@ -204,8 +223,11 @@ def _prompted(max_key: str, default_max: int) -> Callable[[pl.DataFrame], pl.Dat
     def features(df: pl.DataFrame) -> pl.DataFrame:
         max_tokens = _field(max_key).fill_null(default_max)
         return _features(
-            df, [*_required("prompt"), _min_one(max_key, max_tokens)],
-            prompt=_field("prompt"), text_bytes=_field("prompt").str.len_bytes(), max_tokens=max_tokens,
+            df,
+            [*_required("prompt"), _min_one(max_key, max_tokens)],
+            prompt=_field("prompt"),
+            text_bytes=_field("prompt").str.len_bytes(),
+            max_tokens=max_tokens,
         )
 
     return features
@@ -217,10 +239,14 @@ def _mistral_chat(df: pl.DataFrame) -> pl.DataFrame:
     max_tokens = _field("max_tokens").fill_null(512)
     return _features(
         df,
-        [*_required("messages"),
-         (messages.list.len() == 0, "#/messages: expected minimum item count: 1, found: 0"),
-         _min_one("max_tokens", max_tokens)],
-        prompt=prompt, text_bytes=total, max_tokens=max_tokens,
+        [
+            *_required("messages"),
+            (messages.list.len() == 0, "#/messages: expected minimum item count: 1, found: 0"),
+            _min_one("max_tokens", max_tokens),
+        ],
+        prompt=prompt,
+        text_bytes=total,
+        max_tokens=max_tokens,
     )
 
 
@@ -228,12 +254,18 @@ def _titan(df: pl.DataFrame) -> pl.DataFrame:
     dims = _field("dimensions").fill_null(1024)
     return _features(
         df,
-        [*_required("inputText"),
-         (_field("inputText").str.len_chars() == 0, "#/inputText: expected minLength: 1, actual: 0"),
-         (~dims.is_in(list(EMBEDDING_DIMENSIONS)),
-          "#/dimensions: value is not one of the allowed values [256, 512, 1024]")],
-        text=_field("inputText"), text_bytes=_field("inputText").str.len_bytes(),
-        dims=dims, normalize=_field("normalize").fill_null(True),
+        [
+            *_required("inputText"),
+            (_field("inputText").str.len_chars() == 0, "#/inputText: expected minLength: 1, actual: 0"),
+            (
+                ~dims.is_in(list(EMBEDDING_DIMENSIONS)),
+                "#/dimensions: value is not one of the allowed values [256, 512, 1024]",
+            ),
+        ],
+        text=_field("inputText"),
+        text_bytes=_field("inputText").str.len_bytes(),
+        dims=dims,
+        normalize=_field("normalize").fill_null(True),
     )
 
 
@@ -246,34 +278,47 @@ class InputShape:
 
 
 _NOVA_FIELDS = [
-    ("schemaVersion", _S), ("system", _PLAIN_BLOCKS), ("messages", _messages(_PLAIN_BLOCKS)),
+    ("schemaVersion", _S),
+    ("system", _PLAIN_BLOCKS),
+    ("messages", _messages(_PLAIN_BLOCKS)),
     ("inferenceConfig", pa.struct([("maxTokens", pa.int64())])),
 ]
 _CLAUDE_HEAD = [("anthropic_version", _S), ("max_tokens", pa.int64())]
 
 INPUT_SHAPES: dict[Family, tuple[InputShape, ...]] = {
     Family.CLAUDE: (
-        InputShape(_record_schema([*_CLAUDE_HEAD, ("system", _S), ("messages", _messages(_TEXT_BLOCKS))]),
-                   _claude(True, False)),
-        InputShape(_record_schema([*_CLAUDE_HEAD, ("system", _S), ("messages", _messages(_S))]),
-                   _claude(False, False)),
-        InputShape(_record_schema([*_CLAUDE_HEAD, ("system", _TEXT_BLOCKS), ("messages", _messages(_TEXT_BLOCKS))]),
-                   _claude(True, True)),
+        InputShape(
+            _record_schema([*_CLAUDE_HEAD, ("system", _S), ("messages", _messages(_TEXT_BLOCKS))]),
+            _claude(True, False),
+        ),
+        InputShape(
+            _record_schema([*_CLAUDE_HEAD, ("system", _S), ("messages", _messages(_S))]),
+            _claude(False, False),
+        ),
+        InputShape(
+            _record_schema([*_CLAUDE_HEAD, ("system", _TEXT_BLOCKS), ("messages", _messages(_TEXT_BLOCKS))]),
+            _claude(True, True),
+        ),
     ),
     Family.NOVA: (InputShape(_record_schema(_NOVA_FIELDS), _nova_like(5000)),),
     Family.CONVERSE: (InputShape(_record_schema(_NOVA_FIELDS), _nova_like(4096)),),
     Family.LLAMA: (
-        InputShape(_record_schema([("prompt", _S), ("max_gen_len", pa.int64())]), _prompted("max_gen_len", 512)),
+        InputShape(
+            _record_schema([("prompt", _S), ("max_gen_len", pa.int64())]), _prompted("max_gen_len", 512)
+        ),
     ),
     Family.MISTRAL_PROMPT: (
-        InputShape(_record_schema([("prompt", _S), ("max_tokens", pa.int64())]), _prompted("max_tokens", 512)),
+        InputShape(
+            _record_schema([("prompt", _S), ("max_tokens", pa.int64())]), _prompted("max_tokens", 512)
+        ),
     ),
     Family.MISTRAL_CHAT: (
         InputShape(_record_schema([("messages", _messages(_S)), ("max_tokens", pa.int64())]), _mistral_chat),
     ),
     Family.TITAN_EMBED_V2: (
-        InputShape(_record_schema([("inputText", _S), ("dimensions", pa.int64()), ("normalize", pa.bool_())]),
-                   _titan),
+        InputShape(
+            _record_schema([("inputText", _S), ("dimensions", pa.int64()), ("normalize", pa.bool_())]), _titan
+        ),
     ),
 }
 
@@ -289,10 +334,17 @@ def _claude_output(model_name: str) -> pl.Expr:
         pl.lit("message").alias("type"),
         pl.lit("assistant").alias("role"),
         pl.lit(model_name).alias("model"),
-        pl.concat_list(pl.struct(pl.lit("text").alias("type"), pl.col("reply").alias("text"))).alias("content"),
-        pl.when(pl.col("truncated")).then(pl.lit("max_tokens")).otherwise(pl.lit("end_turn")).alias("stop_reason"),
+        pl.concat_list(pl.struct(pl.lit("text").alias("type"), pl.col("reply").alias("text"))).alias(
+            "content"
+        ),
+        pl.when(pl.col("truncated"))
+        .then(pl.lit("max_tokens"))
+        .otherwise(pl.lit("end_turn"))
+        .alias("stop_reason"),
         pl.lit(None, pl.String).alias("stop_sequence"),
-        _usage_struct(input_tokens=pl.col("input_tokens"), output_tokens=pl.col("output_tokens")).alias("usage"),
+        _usage_struct(input_tokens=pl.col("input_tokens"), output_tokens=pl.col("output_tokens")).alias(
+            "usage"
+        ),
     )
 
 
@@ -303,9 +355,13 @@ def _nova_output() -> pl.Expr:
     )
     return pl.struct(
         pl.struct(message.alias("message")).alias("output"),
-        pl.when(pl.col("truncated")).then(pl.lit("max_tokens")).otherwise(pl.lit("end_turn")).alias("stopReason"),
+        pl.when(pl.col("truncated"))
+        .then(pl.lit("max_tokens"))
+        .otherwise(pl.lit("end_turn"))
+        .alias("stopReason"),
         _usage_struct(
-            inputTokens=pl.col("input_tokens"), outputTokens=pl.col("output_tokens"),
+            inputTokens=pl.col("input_tokens"),
+            outputTokens=pl.col("output_tokens"),
             totalTokens=pl.col("input_tokens") + pl.col("output_tokens"),
         ).alias("usage"),
     )
@@ -326,8 +382,9 @@ def _llama_output() -> pl.Expr:
 
 def _mistral_prompt_output() -> pl.Expr:
     return pl.struct(
-        pl.concat_list(pl.struct(pl.col("reply").alias("text"), _stop("stop", "length").alias("stop_reason")))
-        .alias("outputs")
+        pl.concat_list(
+            pl.struct(pl.col("reply").alias("text"), _stop("stop", "length").alias("stop_reason"))
+        ).alias("outputs")
     )
 
 
@@ -344,8 +401,13 @@ def _titan_output() -> pl.Expr:
     # The vector is encoded once and spliced twice: float formatting dominates the cost of embedding jobs.
     vector = pl.struct(pl.col("embedding").alias("e")).struct.json_encode().str.slice(5).str.strip_suffix("}")
     return pl.concat_str(
-        pl.lit('{"embedding":'), vector, pl.lit(',"inputTextTokenCount":'), pl.col("input_tokens"),
-        pl.lit(',"embeddingsByType":{"float":'), vector, pl.lit("}}"),
+        pl.lit('{"embedding":'),
+        vector,
+        pl.lit(',"inputTextTokenCount":'),
+        pl.col("input_tokens"),
+        pl.lit(',"embeddingsByType":{"float":'),
+        vector,
+        pl.lit("}}"),
     )
 
 
@@ -398,16 +460,22 @@ def embeddings(texts: pl.Series, dims: pl.Series, normalize: pl.Series, chunk: i
             rows = np.flatnonzero(dims_np == d)
             steps = (np.arange(1, int(d) + 1, dtype=np.uint64) * _GOLDEN)[None, :]
             for start in range(0, len(rows), chunk):
-                idx = rows[start:start + chunk]
+                idx = rows[start : start + chunk]
                 bits = _splitmix(hashes[idx, None] + steps)
                 values = (bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-23) - np.float32(1.0)
                 flags = norm_np[idx]
                 if flags.any():
                     values[flags] /= np.sqrt(np.einsum("ij,ij->i", values[flags], values[flags]))[:, None]
-                parts.append(pl.DataFrame({
-                    "i": idx,
-                    "embedding": pl.Series(values, dtype=pl.Array(pl.Float32, int(d))).cast(pl.List(pl.Float32)),
-                }))
+                parts.append(
+                    pl.DataFrame(
+                        {
+                            "i": idx,
+                            "embedding": pl.Series(values, dtype=pl.Array(pl.Float32, int(d))).cast(
+                                pl.List(pl.Float32)
+                            ),
+                        }
+                    )
+                )
     if not parts:
         return pl.Series("embedding", [None] * n, dtype=pl.List(pl.Float32))
     return pl.concat(parts).sort("i")["embedding"]

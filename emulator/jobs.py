@@ -220,7 +220,11 @@ class JobEngine:
             job_id = uuid.uuid4().hex[:12]
             job = Job(
                 arn=f"arn:aws:bedrock:{self.region}:{ACCOUNT_ID}:model-invocation-job/{job_id}",
-                job_id=job_id, request=request, family=family, model_key=key, submit_time=_now(),
+                job_id=job_id,
+                request=request,
+                family=family,
+                model_key=key,
+                submit_time=_now(),
             )
             self._jobs[job_id] = job
             if token:
@@ -234,7 +238,9 @@ class JobEngine:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None or (identifier.startswith("arn:") and job.arn != identifier):
-            raise ApiError("ResourceNotFoundException", f"The specified batch inference job {identifier} was not found.")
+            raise ApiError(
+                "ResourceNotFoundException", f"The specified batch inference job {identifier} was not found."
+            )
         return job
 
     def stop(self, identifier: str) -> Job:
@@ -260,7 +266,8 @@ class JobEngine:
     ) -> list[Job]:
         with self._lock:
             jobs = [
-                j for j in self._jobs.values()
+                j
+                for j in self._jobs.values()
                 if (status is None or j.status == status)
                 and (name_contains is None or name_contains in j.name)
                 and (after is None or j.submit_time > after)
@@ -286,7 +293,9 @@ class JobEngine:
         """Wait an emulated span; False when the job was stopped or reset meanwhile."""
         return not job.stop_event.wait(self._profile.real(emulated_s))
 
-    def _end_stopped(self, job: Job, s3: Any, job_input: JobInput | None, answers: pl.DataFrame | None) -> None:
+    def _end_stopped(
+        self, job: Job, s3: Any, job_input: JobInput | None, answers: pl.DataFrame | None
+    ) -> None:
         if job.cancelled:
             return
         done = job.processed()
@@ -319,7 +328,9 @@ class JobEngine:
                 job.total = job_input.total
             except InputInvalid as exc:
                 failure = str(exc)
-        if not self._wait(job, max(0.0, p.validation_s - (time.monotonic() - started) / max(p.time_scale, 1e-12))):
+        if not self._wait(
+            job, max(0.0, p.validation_s - (time.monotonic() - started) / max(p.time_scale, 1e-12))
+        ):
             return self._end_stopped(job, s3, None, None)
         if failure is not None or job_input is None:
             return self._set(job, "Failed", failure)
@@ -353,7 +364,8 @@ class JobEngine:
         job.processed_final = limit
         if partial:
             return self._set(
-                job, "PartiallyCompleted",
+                job,
+                "PartiallyCompleted",
                 f"The job timed out before all records were processed: {limit} of {total} records processed.",
             )
         return self._set(job, "Completed")

@@ -70,7 +70,9 @@ class MetricsPublisher:
             )
             tokens_in = sum(_tokens(j.in_tok_cumsum, j.processed()) for j in jobs)
             tokens_out = sum(_tokens(j.out_tok_cumsum, j.processed()) for j in jobs)
-            last_in, last_out = self._last.get(key, (tokens_in, tokens_out) if key in self._active else (0, 0))
+            last_in, last_out = self._last.get(
+                key, (tokens_in, tokens_out) if key in self._active else (0, 0)
+            )
             data = [
                 ("NumberOfRecordsPendingProcessing", pending, "Count"),
                 ("NumberOfInputTokensProcessedPerMinute", max(0, tokens_in - last_in) / minutes, "Count"),
@@ -81,8 +83,13 @@ class MetricsPublisher:
             client.put_metric_data(
                 Namespace=NAMESPACE,
                 MetricData=[
-                    {"MetricName": name, "Dimensions": [{"Name": "ModelId", "Value": key}],
-                     "Timestamp": now, "Value": float(value), "Unit": unit}
+                    {
+                        "MetricName": name,
+                        "Dimensions": [{"Name": "ModelId", "Value": key}],
+                        "Timestamp": now,
+                        "Value": float(value),
+                        "Unit": unit,
+                    }
                     for name, value, unit in data
                 ],
             )

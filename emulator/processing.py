@@ -28,7 +28,8 @@ RETRYABLE_ERRORS = {
     500: "The system encountered an unexpected error during processing. Try your request again.",
 }
 NON_RETRYABLE_ERROR = (
-    "Malformed input request: the model could not process this record, please reformat your input and try again."
+    "Malformed input request: the model could not process this record, "
+    "please reformat your input and try again."
 )
 
 
@@ -82,11 +83,17 @@ def load_input(s3: Any, uri: str, profile: Profile) -> JobInput:
         if not keys:
             prefix = f"{key.rstrip('/')}/" if key else ""
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                keys += [(o["Key"], int(o["Size"])) for o in page.get("Contents", []) if o["Key"].endswith(".jsonl")]
+                keys += [
+                    (o["Key"], int(o["Size"]))
+                    for o in page.get("Contents", [])
+                    if o["Key"].endswith(".jsonl")
+                ]
     except ClientError as exc:
         raise _access_denied(uri) from exc
     if not keys:
-        raise InputInvalid(f"No input file was found at {uri}. Provide a .jsonl file or a folder holding .jsonl files.")
+        raise InputInvalid(
+            f"No input file was found at {uri}. Provide a .jsonl file or a folder holding .jsonl files."
+        )
     job_input = JobInput()
     for name, size in keys:
         if size > profile.max_file_bytes:
@@ -99,8 +106,8 @@ def load_input(s3: Any, uri: str, profile: Profile) -> JobInput:
         bad = first_invalid_line(lines)
         if bad is not None:
             raise InputInvalid(
-                f"Invalid JSON in line {bad[0]} of s3://{bucket}/{name}: {bad[1]}. Each line of the input file "
-                "must be a JSON object."
+                f"Invalid JSON in line {bad[0]} of s3://{bucket}/{name}: {bad[1]}. "
+                "Each line of the input file must be a JSON object."
             )
         if len(lines) > profile.max_records:
             raise InputInvalid(
@@ -115,15 +122,20 @@ def load_input(s3: Any, uri: str, profile: Profile) -> JobInput:
         )
     if job_input.total < profile.min_records:
         raise InputInvalid(
-            f"The job has {job_input.total} records, which is fewer than the minimum of {profile.min_records} "
-            "records per batch inference job."
+            f"The job has {job_input.total} records, which is fewer than the minimum of "
+            f"{profile.min_records} records per batch inference job."
         )
     return job_input
 
 
-def answer(job_input: JobInput, family: Family, model_id: str, job_name: str, profile: Profile) -> pl.DataFrame:
+def answer(
+    job_input: JobInput, family: Family, model_id: str, job_name: str, profile: Profile
+) -> pl.DataFrame:
     """Every record's answer with faults applied, in processing order (a seeded shuffle, as Bedrock's
-    output order is not the input's). Columns: file, line (the output line), ok, input_tokens, output_tokens."""
+    output order is not the input's).
+
+    Columns: file, line (the output line), ok, input_tokens, output_tokens.
+    """
     frames = [
         generate(f.lines, family, model_id).with_columns(file=pl.lit(i, pl.Int32))
         for i, f in enumerate(job_input.files)
@@ -153,8 +165,10 @@ def with_record_faults(df: pl.DataFrame, profile: Profile, job_name: str) -> pl.
     code = pl.when(retryable).then(pl.when(unit * 2 < profile.record_error_rate).then(429).otherwise(500))
     code = code.otherwise(400)
     message = (
-        pl.when(code == 429).then(pl.lit(RETRYABLE_ERRORS[429]))
-        .when(code == 500).then(pl.lit(RETRYABLE_ERRORS[500]))
+        pl.when(code == 429)
+        .then(pl.lit(RETRYABLE_ERRORS[429]))
+        .when(code == 500)
+        .then(pl.lit(RETRYABLE_ERRORS[500]))
         .otherwise(pl.lit(NON_RETRYABLE_ERROR))
     )
     return df.with_columns(

@@ -101,7 +101,10 @@ class Profile:
 
 
 def load_profile(source: Profile | dict[str, Any] | str | os.PathLike[str] | None = None) -> Profile:
-    """A Profile from a Profile, a dict, JSON text or a path; None reads BEDROCK_EMULATOR_PROFILE, else defaults."""
+    """A Profile from a Profile, a dict, JSON text or a path.
+
+    None reads BEDROCK_EMULATOR_PROFILE (a path or JSON text), else gives the defaults.
+    """
     if source is None:
         source = os.environ.get(PROFILE_ENV) or None
         if source is None:

@@ -68,9 +68,11 @@ def _undecodable(lines: list[bytes], reason: str) -> pl.DataFrame:
     match = _COLUMN.search(reason)
     where = "#" + (match.group(1).removeprefix("/modelInput") if match else "")
     record_ids = pl.Series(lines, dtype=pl.Binary).cast(pl.String).str.json_path_match("$.recordId")
-    return pl.DataFrame({"record_id": record_ids}).with_columns(
-        *[pl.lit(None, dtype).alias(name) for name, dtype in FEATURES.items()]
-    ).with_columns(error=pl.lit(f"{where}: expected type does not match the value"))
+    return (
+        pl.DataFrame({"record_id": record_ids})
+        .with_columns(*[pl.lit(None, dtype).alias(name) for name, dtype in FEATURES.items()])
+        .with_columns(error=pl.lit(f"{where}: expected type does not match the value"))
+    )
 
 
 def decode(lines: list[bytes], shapes: tuple[InputShape, ...]) -> pl.DataFrame:
@@ -106,9 +108,13 @@ def _fit_bytes(df: pl.DataFrame) -> pl.DataFrame:
 def generate(lines: list[bytes], family: Family, model_id: str) -> pl.DataFrame:
     """Per record: record_id, head (the line's own members), output (modelOutput JSON or null),
     error_code, error_message, input_tokens, output_tokens, stop_reason."""
-    df = decode(lines, INPUT_SHAPES[family]).with_columns(
-        line=pl.Series(lines, dtype=pl.Binary).cast(pl.String),
-    ).with_row_index("idx")
+    df = (
+        decode(lines, INPUT_SHAPES[family])
+        .with_columns(
+            line=pl.Series(lines, dtype=pl.Binary).cast(pl.String),
+        )
+        .with_row_index("idx")
+    )
     ok = pl.col("error").is_null()
     if family is Family.TITAN_EMBED_V2:
         df = df.with_columns(
@@ -131,18 +137,26 @@ def generate(lines: list[bytes], family: Family, model_id: str) -> pl.DataFrame:
     inner = pl.col("line").str.strip_chars().str.strip_prefix("{").str.strip_suffix("}").str.strip_chars()
     generated_id = pl.format("RECORD{}", (pl.col("idx") + 1).cast(pl.String).str.zfill(7))
     head = pl.concat_str(
-        [pl.when(pl.col("record_id").is_null()).then(pl.format('"recordId":"{}"', generated_id)),
-         pl.when(inner != "").then(inner)],
-        separator=",", ignore_nulls=True,
+        [
+            pl.when(pl.col("record_id").is_null()).then(pl.format('"recordId":"{}"', generated_id)),
+            pl.when(inner != "").then(inner),
+        ],
+        separator=",",
+        ignore_nulls=True,
     )
     return df.select(
         pl.col("record_id").fill_null(generated_id),
         pl.when(head != "").then(head).alias("head"),
         pl.when(ok).then(output_expr(family, model_id)).alias("output"),
         pl.when(ok).then(None).otherwise(pl.lit(400, pl.Int64)).alias("error_code"),
-        pl.when(ok).then(None).otherwise(
-            pl.format("Malformed input request: {}, please reformat your input and try again.", pl.col("error"))
-        ).alias("error_message"),
+        pl.when(ok)
+        .then(None)
+        .otherwise(
+            pl.format(
+                "Malformed input request: {}, please reformat your input and try again.", pl.col("error")
+            )
+        )
+        .alias("error_message"),
         pl.when(ok).then(pl.col("input_tokens")).otherwise(0).alias("input_tokens"),
         pl.when(ok).then(pl.col("output_tokens")).otherwise(0).alias("output_tokens"),
         pl.when(ok).then(stop_reason_expr(family)).alias("stop_reason"),
@@ -150,7 +164,7 @@ def generate(lines: list[bytes], family: Family, model_id: str) -> pl.DataFrame:
 
 
 def output_lines(df: pl.DataFrame) -> pl.Series:
-    """Bedrock's `.jsonl.out` lines: the input members + `modelOutput`, or + `error {errorCode, errorMessage}`."""
+    """Bedrock's `.jsonl.out` lines: the input members + `modelOutput`, or + `error`."""
     error = pl.struct(pl.col("error_code").alias("errorCode"), pl.col("error_message").alias("errorMessage"))
     body = (
         pl.when(pl.col("output").is_not_null())

@@ -50,15 +50,18 @@ class EmulatorServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, profile: Any = None) -> None:
         self._moto = DomainDispatcherApplication(create_backend_app)
-        self._server: BaseWSGIServer = make_server(host, port, self._app, threaded=True,
-                                                   request_handler=_QuietHandler)
+        self._server: BaseWSGIServer = make_server(
+            host, port, self._app, threaded=True, request_handler=_QuietHandler
+        )
         self.host, self.port = self._server.server_address[:2]
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
         self.engine = JobEngine(load_profile(profile), lambda: self.client("s3"), REGION)
         self.api = BedrockApi(self.engine)
         self._metrics = MetricsPublisher(self.engine, lambda: self.client("cloudwatch"))
-        self._thread = threading.Thread(target=self._server.serve_forever, name="bedrock-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="bedrock-emulator", daemon=True
+        )
 
     # --------------------------------------------------------------------------------------- lifecycle
     def start(self) -> EmulatorServer:
@@ -101,7 +104,10 @@ class EmulatorServer:
         with self._clients_lock:
             if service not in self._clients:
                 self._clients[service] = boto3.session.Session().client(
-                    service, endpoint_url=self.url, region_name=REGION, aws_access_key_id=DUMMY_KEY,
+                    service,
+                    endpoint_url=self.url,
+                    region_name=REGION,
+                    aws_access_key_id=DUMMY_KEY,
                     aws_secret_access_key=DUMMY_KEY,
                     config=Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32),
                 )
@@ -159,14 +165,17 @@ class EmulatorServer:
             self.reset()
             payload = {"reset": True}
         else:
-            return Response(orjson.dumps({"message": "unknown emulator endpoint"}), 404, content_type="application/json")
+            return Response(
+                orjson.dumps({"message": "unknown emulator endpoint"}), 404, content_type="application/json"
+            )
         return Response(orjson.dumps(payload), content_type="application/json")
 
 
 def start(host: str = "127.0.0.1", port: int = 0, profile: Any = None) -> EmulatorServer:
     """Start the endpoint in background threads; returns once it accepts connections.
 
-    `profile` may be a Profile, a dict, JSON text or a path; None reads BEDROCK_EMULATOR_PROFILE, else defaults.
+    `profile` may be a Profile, a dict, JSON text or a path; None reads BEDROCK_EMULATOR_PROFILE, else
+    defaults.
     """
     os.environ.setdefault("MOTO_ALLOW_NONEXISTENT_REGION", "true")
     return EmulatorServer(host, port, profile).start()

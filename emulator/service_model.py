@@ -14,6 +14,7 @@ from typing import Any
 from botocore.loaders import Loader
 
 CONTROL = "bedrock"
+NOT_NULL = "Member must not be null"
 RUNTIME = "bedrock-runtime"
 
 
@@ -62,10 +63,13 @@ def _check(value: Any, shape_name: str, path: str, service: str, errors: list[st
         members = shape.get("members", {})
         for name in shape.get("required", []):
             if value.get(name) is None:
-                errors.append(f"Value null at '{_join(path, name)}' failed to satisfy constraint: Member must not be null")
+                where = _join(path, name)
+                errors.append(f"Value null at '{where}' failed to satisfy constraint: " + NOT_NULL)
         present = [name for name in members if value.get(name) is not None]
         if shape.get("union") and len(present) != 1:
-            errors.append(f"Value at '{path}' failed to satisfy constraint: Member must have exactly one member set")
+            errors.append(
+                f"Value at '{path}' failed to satisfy constraint: Member must have exactly one member set"
+            )
         for name in present:
             _check(value[name], members[name]["shape"], _join(path, name), service, errors)
     elif kind == "list":
@@ -132,7 +136,8 @@ def parse_query(args: dict[str, str], shape_name: str, service: str = CONTROL) -
                 out[name] = raw
         except ValueError:
             raise ApiError(
-                "ValidationException", _validation_message([f"Value '{raw}' at '{name}' could not be parsed"]),
+                "ValidationException",
+                _validation_message([f"Value '{raw}' at '{name}' could not be parsed"]),
                 service,
             ) from None
     return out

@@ -45,8 +45,13 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
 def clients(emulator) -> dict[str, Any]:
     """Plain boto3 clients pointed at the emulator; no retries, so every error surfaces."""
     config = Config(retries={"mode": "standard", "total_max_attempts": 1})
-    kwargs = dict(endpoint_url=emulator.url, region_name="us-east-1", aws_access_key_id="testing",
-                  aws_secret_access_key="testing", config=config)
+    kwargs = dict(
+        endpoint_url=emulator.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=config,
+    )
     return {name: boto3.client(name, **kwargs) for name in ("bedrock", "bedrock-runtime", "s3", "cloudwatch")}
 
 
@@ -143,6 +148,8 @@ def outputs(s3, bucket) -> Callable[[str, str], list[dict[str, Any]]]:
 def manifest(s3, bucket) -> Callable[[str], dict[str, Any]]:
     def read(job_arn: str) -> dict[str, Any]:
         job_id = job_arn.rsplit("/", 1)[-1]
-        return json.loads(s3.get_object(Bucket=bucket, Key=f"output/{job_id}/manifest.json.out")["Body"].read())
+        return json.loads(
+            s3.get_object(Bucket=bucket, Key=f"output/{job_id}/manifest.json.out")["Body"].read()
+        )
 
     return read

@@ -45,7 +45,9 @@ def test_list_filters_sorts_and_paginates(bedrock, submit, input_uri, finish):
     for arn in arns:
         finish(arn)
 
-    mine = bedrock.list_model_invocation_jobs(nameContains=tag, sortOrder="Ascending")["invocationJobSummaries"]
+    mine = bedrock.list_model_invocation_jobs(nameContains=tag, sortOrder="Ascending")[
+        "invocationJobSummaries"
+    ]
     assert [j["jobArn"] for j in mine] == arns
     newest_first = bedrock.list_model_invocation_jobs(nameContains=tag)["invocationJobSummaries"]
     assert [j["jobArn"] for j in newest_first] == arns[::-1]
@@ -53,19 +55,27 @@ def test_list_filters_sorts_and_paginates(bedrock, submit, input_uri, finish):
     pages = bedrock.get_paginator("list_model_invocation_jobs").paginate(
         nameContains=tag, sortBy="CreationTime", sortOrder="Ascending", PaginationConfig={"PageSize": 2}
     )
-    sizes_and_arns = [(len(p["invocationJobSummaries"]), [j["jobArn"] for j in p["invocationJobSummaries"]])
-                      for p in pages]
+    sizes_and_arns = [
+        (len(p["invocationJobSummaries"]), [j["jobArn"] for j in p["invocationJobSummaries"]]) for p in pages
+    ]
     assert [size for size, _ in sizes_and_arns] == [2, 2, 1]
     assert [arn for _, page in sizes_and_arns for arn in page] == arns
 
     completed = bedrock.list_model_invocation_jobs(nameContains=tag, statusEquals="Completed")
     assert len(completed["invocationJobSummaries"]) == 5
-    assert bedrock.list_model_invocation_jobs(nameContains=tag, statusEquals="Failed")["invocationJobSummaries"] == []
+    assert (
+        bedrock.list_model_invocation_jobs(nameContains=tag, statusEquals="Failed")["invocationJobSummaries"]
+        == []
+    )
 
     third = bedrock.get_model_invocation_job(jobIdentifier=arns[2])["submitTime"]
-    after = bedrock.list_model_invocation_jobs(nameContains=tag, submitTimeAfter=third)["invocationJobSummaries"]
+    after = bedrock.list_model_invocation_jobs(nameContains=tag, submitTimeAfter=third)[
+        "invocationJobSummaries"
+    ]
     assert {j["jobArn"] for j in after} == set(arns[3:])
-    before = bedrock.list_model_invocation_jobs(nameContains=tag, submitTimeBefore=third)["invocationJobSummaries"]
+    before = bedrock.list_model_invocation_jobs(nameContains=tag, submitTimeBefore=third)[
+        "invocationJobSummaries"
+    ]
     assert {j["jobArn"] for j in before} == set(arns[:2])
     future = datetime.now(UTC) + timedelta(days=1)
     assert bedrock.list_model_invocation_jobs(submitTimeAfter=future)["invocationJobSummaries"] == []
@@ -73,7 +83,10 @@ def test_list_filters_sorts_and_paginates(bedrock, submit, input_uri, finish):
 
 def test_client_request_token_is_idempotent(emulator, bedrock, bucket, input_uri, finish):
     request = dict(
-        jobName=f"idem-{uuid.uuid4().hex[:8]}", roleArn=ROLE, modelId=CLAUDE, clientRequestToken="token-1-abc",
+        jobName=f"idem-{uuid.uuid4().hex[:8]}",
+        roleArn=ROLE,
+        modelId=CLAUDE,
+        clientRequestToken="token-1-abc",
         inputDataConfig={"s3InputDataConfig": {"s3Uri": input_uri}},
         outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/output/"}},
     )
@@ -83,11 +96,17 @@ def test_client_request_token_is_idempotent(emulator, bedrock, bucket, input_uri
     finish(first)
     assert bedrock.create_model_invocation_job(**request)["jobArn"] == first  # even once terminal
 
-    mine = [c for c in emulator.calls() if c["jobName"] == request["jobName"]
-            and c["operation"] == "CreateModelInvocationJob"]
+    mine = [
+        c
+        for c in emulator.calls()
+        if c["jobName"] == request["jobName"] and c["operation"] == "CreateModelInvocationJob"
+    ]
     assert [c["status_code"] for c in mine] == [200, 200, 200]
     assert {c["jobArn"] for c in mine} == {first}
-    assert len(bedrock.list_model_invocation_jobs(nameContains=request["jobName"])["invocationJobSummaries"]) == 1
+    assert (
+        len(bedrock.list_model_invocation_jobs(nameContains=request["jobName"])["invocationJobSummaries"])
+        == 1
+    )
 
     with pytest.raises(bedrock.exceptions.ConflictException, match="clientRequestToken"):
         bedrock.create_model_invocation_job(**{**request, "jobName": request["jobName"] + "-other"})
@@ -117,7 +136,9 @@ def test_a_job_name_is_unique(bedrock, submit, input_uri):
 )
 def test_create_validates_like_aws(bedrock, bucket, change, needle):
     request = dict(
-        jobName="valid-name", roleArn=ROLE, modelId=CLAUDE,
+        jobName="valid-name",
+        roleArn=ROLE,
+        modelId=CLAUDE,
         inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/input/x.jsonl"}},
         outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/o/"}},
     )
@@ -132,18 +153,26 @@ def test_create_validates_like_aws(bedrock, bucket, change, needle):
 def test_checks_boto3_would_do_client_side_are_also_enforced_by_the_server(emulator, bucket):
     """Bounds botocore checks before sending (timeout < 24, missing members) are refused server-side too."""
     raw = boto3.client(
-        "bedrock", endpoint_url=emulator.url, region_name="us-east-1", aws_access_key_id="t",
-        aws_secret_access_key="t", config=Config(parameter_validation=False, retries={"total_max_attempts": 1}),
+        "bedrock",
+        endpoint_url=emulator.url,
+        region_name="us-east-1",
+        aws_access_key_id="t",
+        aws_secret_access_key="t",
+        config=Config(parameter_validation=False, retries={"total_max_attempts": 1}),
     )
     with pytest.raises(raw.exceptions.ValidationException, match="greater than or equal to 24"):
         raw.create_model_invocation_job(
-            jobName="short-timeout", roleArn=ROLE, modelId=CLAUDE, timeoutDurationInHours=1,
+            jobName="short-timeout",
+            roleArn=ROLE,
+            modelId=CLAUDE,
+            timeoutDurationInHours=1,
             inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/i.jsonl"}},
             outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/o/"}},
         )
     with pytest.raises(raw.exceptions.ValidationException, match="Value null at 'roleArn'"):
         raw.create_model_invocation_job(
-            jobName="no-role", modelId=CLAUDE,
+            jobName="no-role",
+            modelId=CLAUDE,
             inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/i.jsonl"}},
             outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/o/"}},
         )
@@ -160,7 +189,8 @@ def test_unknown_jobs_are_not_found(bedrock):
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     with pytest.raises(bedrock.exceptions.ResourceNotFoundException):
         bedrock.stop_model_invocation_job(
-            jobIdentifier="arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abcdefabcdef")
+            jobIdentifier="arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abcdefabcdef"
+        )
     with pytest.raises(bedrock.exceptions.ValidationException):
         bedrock.get_model_invocation_job(jobIdentifier="NOT_AN_ID")
 
