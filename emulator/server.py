@@ -7,7 +7,6 @@ here, every other AWS service by moto's server app, routed by the SigV4 credenti
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -177,5 +176,4 @@ def start(host: str = "127.0.0.1", port: int = 0, profile: Any = None) -> Emulat
     `profile` may be a Profile, a dict, JSON text or a path; None reads BEDROCK_EMULATOR_PROFILE, else
     defaults.
     """
-    os.environ.setdefault("MOTO_ALLOW_NONEXISTENT_REGION", "true")
     return EmulatorServer(host, port, profile).start()
