@@ -3,8 +3,9 @@
 The join runs from the input side, so every input row comes out exactly once whatever the output holds:
 a record missing from the output gets `error_code="missing"`, duplicates collapse to one (a success wins),
 a malformed line becomes its record's `malformed_output` error, and output records that match no input
-row are counted as a problem instead of leaking into the result. Reading is `pl.scan_lines` (S3 through
-`storage_options`), parsing is one `str.json_decode`, the join is a Polars hash join: no per-row Python.
+row are counted as a problem instead of leaking into the result. Parsing is Polars' parallel NDJSON reader
+over the file's bytes against a per-family schema (falling back to a line-wise `str.json_decode` when a
+line is malformed), the join is a Polars hash join: no per-row Python.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import polars as pl
 from boto3.s3.transfer import TransferConfig
 
 from tasks.aws import AwsSettings, client, join_s3, split_s3_uri, storage_options
-from tasks.formats import ModelFamily, parse_output_lines, result_schema
+from tasks.formats import ModelFamily, parse_output_bytes, parse_output_lines, result_schema
 from tasks.sources import RECORD_ID
 
 RESULTS_DIR = "results"
@@ -70,9 +71,7 @@ def _input_side(snapshot: pl.DataFrame, family: ModelFamily) -> tuple[pl.DataFra
     if not clash:
         return snapshot, []
     renamed = snapshot.rename({c: f"{c}_input" for c in clash})
-    return renamed, [
-        f"input columns {clash} clash with result columns; kept as {[c + '_input' for c in clash]}"
-    ]
+    return renamed, [f"input columns {clash} clash with result columns; kept as {[c + '_input' for c in clash]}"]
 
 
 def best_per_record(results: pl.DataFrame) -> pl.DataFrame:
@@ -114,10 +113,7 @@ def join_results(
         validate="m:1",
     )
     return joined.with_columns(
-        pl.when(found.is_null())
-        .then(pl.lit(missing_code))
-        .otherwise(pl.col("error_code"))
-        .alias("error_code"),
+        pl.when(found.is_null()).then(pl.lit(missing_code)).otherwise(pl.col("error_code")).alias("error_code"),
         pl.when(found.is_null())
         .then(pl.lit(missing_message))
         .otherwise(pl.col("error_message"))
@@ -125,18 +121,11 @@ def join_results(
     ).drop("__found")
 
 
-def conform(
-    frame: pl.DataFrame, family: ModelFamily, input_columns: Sequence[str] | None = None
-) -> pl.DataFrame:
+def conform(frame: pl.DataFrame, family: ModelFamily, input_columns: Sequence[str] | None = None) -> pl.DataFrame:
     """The output schema exactly: input columns, then result columns with their dtypes (missing -> null)."""
     schema = result_schema(family)
-    inputs = (
-        list(input_columns) if input_columns is not None else [c for c in frame.columns if c not in schema]
-    )
-    results = [
-        (pl.col(c) if c in frame.columns else pl.lit(None)).cast(dtype).alias(c)
-        for c, dtype in schema.items()
-    ]
+    inputs = list(input_columns) if input_columns is not None else [c for c in frame.columns if c not in schema]
+    results = [(pl.col(c) if c in frame.columns else pl.lit(None)).cast(dtype).alias(c) for c, dtype in schema.items()]
     return frame.select(*inputs, *results)
 
 
@@ -160,11 +149,14 @@ def list_outputs(output_prefix_uri: str, aws: AwsSettings) -> list[str]:
     ]
 
 
-def read_output_lines(uris: Sequence[str], aws: AwsSettings) -> pl.DataFrame:
-    """All lines of the given `.jsonl.out` files as one Utf8 `line` column (native S3 reads)."""
-    if not uris:
-        return pl.DataFrame(schema={"line": pl.String})
-    return pl.scan_lines(list(uris), name="line", storage_options=storage_options(aws)).collect()
+def read_output_bytes(uris: Sequence[str], aws: AwsSettings) -> bytes:
+    """The concatenated bytes of the given `.jsonl.out` files (one shard's worth, so bounded)."""
+    s3 = client("s3", aws)
+    chunks = []
+    for uri in uris:
+        bucket, key = split_s3_uri(uri)
+        chunks.append(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return b"\n".join(chunks)
 
 
 def read_snapshot(snapshot_uri: str, aws: AwsSettings) -> pl.DataFrame:
@@ -192,23 +184,18 @@ def collect_shard(
     if not outputs:
         problems.append(f"missing output file {expected} under {prefix}: every record marked {missing_code}")
     elif not any(u.endswith("/" + expected) for u in outputs):
-        problems.append(
-            f"expected {expected} under {prefix}, found {[u.rsplit('/', 1)[-1] for u in outputs]}"
-        )
+        problems.append(f"expected {expected} under {prefix}, found {[u.rsplit('/', 1)[-1] for u in outputs]}")
     manifest = _read_json(prefix + "manifest.json.out", aws)
     if manifest is None:
         problems.append(f"missing manifest.json.out under {prefix}")
 
-    lines = read_output_lines(outputs, aws)
-    parsed = parse_output_lines(lines, family) if lines.height else _empty_results(family)
+    parsed = parse_output_bytes(read_output_bytes(outputs, aws), family)
     snapshot, clash = _input_side(read_snapshot(snapshot_uri, aws), family)
     problems += clash
     frame, more = _join_and_check(snapshot, parsed, family, missing_code=missing_code)
     problems += more
     if manifest is not None and manifest.get("totalRecordCount") not in (None, snapshot.height):
-        problems.append(
-            f"manifest counts {manifest['totalRecordCount']} records, the shard has {snapshot.height}"
-        )
+        problems.append(f"manifest counts {manifest['totalRecordCount']} records, the shard has {snapshot.height}")
     failed = int(frame.get_column("error_code").is_not_null().sum())
     return CollectedShard(frame, manifest, frame.height - failed, failed, problems)
 
@@ -238,9 +225,12 @@ def _join_and_check(
     return conform(frame, family, snapshot.columns), problems
 
 
-def collect_lines(lines: pl.DataFrame, snapshot: pl.DataFrame, family: ModelFamily) -> CollectedShard:
-    """`collect_shard` without S3: parse `lines` and join them to `snapshot` (tests, local repairs)."""
-    parsed = parse_output_lines(lines, family) if lines.height else _empty_results(family)
+def collect_lines(lines: pl.DataFrame | bytes, snapshot: pl.DataFrame, family: ModelFamily) -> CollectedShard:
+    """`collect_shard` without S3: parse output lines (a `line` frame or a file's bytes), join to `snapshot`."""
+    if isinstance(lines, bytes):
+        parsed = parse_output_bytes(lines, family)
+    else:
+        parsed = parse_output_lines(lines, family) if lines.height else _empty_results(family)
     snapshot, clash = _input_side(snapshot, family)
     frame, problems = _join_and_check(snapshot, parsed, family, missing_code="missing")
     failed = int(frame.get_column("error_code").is_not_null().sum())

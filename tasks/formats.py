@@ -251,9 +251,7 @@ def model_input_expr(family: ModelFamily, settings: InferenceSettings, prompt: p
         return _struct(fields)
     if name == "titan_embed":
         if s.dimensions not in (256, 512, 1024):
-            raise ValueError(
-                f"Titan Text Embeddings V2 dimensions must be 256, 512 or 1024, not {s.dimensions}"
-            )
+            raise ValueError(f"Titan Text Embeddings V2 dimensions must be 256, 512 or 1024, not {s.dimensions}")
         return _struct(
             {
                 "inputText": prompt,
@@ -310,9 +308,7 @@ _OUTPUT_DTYPES: dict[str, pl.DataType] = {
     "mistral": pl.Struct({"outputs": pl.List(pl.Struct({"text": pl.String, "stop_reason": pl.String}))}),
     "mistral_chat": pl.Struct(
         {
-            "choices": pl.List(
-                pl.Struct({"message": pl.Struct({"content": pl.String}), "stop_reason": pl.String})
-            ),
+            "choices": pl.List(pl.Struct({"message": pl.Struct({"content": pl.String}), "stop_reason": pl.String})),
             "usage": pl.Struct({"prompt_tokens": pl.Int64, "completion_tokens": pl.Int64}),
         }
     ),
@@ -422,28 +418,53 @@ def _decode_robust(lines: pl.Series, dtype: pl.Struct) -> pl.Series:
 _RECORD_ID_RE = r'"recordId"\s*:\s*"((?:[^"\\]|\\.)*)"'
 
 
-def parse_output_lines(lines: pl.DataFrame, family: ModelFamily) -> pl.DataFrame:
+def parse_output_lines(lines: pl.DataFrame, family: ModelFamily, *, suspect: bool = False) -> pl.DataFrame:
     """Parse a `.jsonl.out` file (one Utf8 `line` per row) into one result row per line.
 
     Columns: `record_id`, `response` | `embedding`, `error_code`, `error_message`, `input_tokens`,
     `output_tokens`, `stop_reason`, in line order. A line that is not JSON or has no recordId gets
     `error_code="malformed_output"` and its start in `error_message`; its `record_id` is recovered with a
-    regex when possible (else null: the caller counts those as unattributable).
+    regex when possible (else null: the caller counts those as unattributable). `suspect=True` skips the
+    optimistic whole-column decode when the caller already knows some line is bad.
     """
-    df = lines.select(pl.col("line").cast(pl.String)).filter(
-        pl.col("line").str.strip_chars().str.len_bytes() > 0
-    )
+    df = lines.select(pl.col("line").cast(pl.String)).filter(pl.col("line").str.strip_chars().str.len_bytes() > 0)
     line = pl.col("line")
     dtype = _line_dtype(family)
-    try:  # the normal case: one decode of the whole file
-        decoded = df.get_column("line").str.json_decode(dtype)
-    except pl.exceptions.PolarsError:
+    decoded: pl.Series | None = None
+    if not suspect:
+        try:  # the normal case: one decode of the whole file
+            decoded = df.get_column("line").str.json_decode(dtype)
+        except pl.exceptions.PolarsError:
+            decoded = None
+    if decoded is None:
         # json_path_match yields null (not an error) for a line that is not JSON: drop those first, so
         # the bisection below only has to find lines that are JSON of an unexpected shape.
         decodable = df.select(pl.when(line.str.json_path_match("$.recordId").is_not_null()).then(line))
         decoded = _decode_robust(decodable.to_series(), dtype)
-    df = df.with_columns(decoded.alias("_d"))
+    return _results(df.with_columns(decoded.alias("_d")), family)
 
+
+def parse_output_bytes(data: bytes, family: ModelFamily) -> pl.DataFrame:
+    """`parse_output_lines` for a whole `.jsonl.out` file's bytes, via Polars' parallel NDJSON reader.
+
+    About twice as fast as decoding a column of lines; the reader refuses the whole file on one bad
+    line, in which case the file is split into lines and parsed line-wise (same result either way).
+    """
+    dtype = _line_dtype(family)
+    try:
+        decoded = pl.read_ndjson(data, schema=dtype.to_schema()) if data.strip() else None
+    except pl.exceptions.PolarsError:
+        decoded = None
+    if decoded is not None and decoded.get_column("recordId").null_count() == 0:
+        frame = decoded.select(pl.lit(None, dtype=pl.String).alias("line"), pl.struct(pl.all()).alias("_d"))
+        return _results(frame, family)
+    lines = pl.read_lines(data, name="line") if data.strip() else pl.DataFrame(schema={"line": pl.String})
+    return parse_output_lines(lines, family, suspect=decoded is None)
+
+
+def _results(df: pl.DataFrame, family: ModelFamily) -> pl.DataFrame:
+    """Result rows from `line` (raw text, for error snippets) and `_d` (the decoded struct or null)."""
+    line = pl.col("line")
     d = pl.col("_d").struct.field
     err = d("error").struct.field
     extracted = _extract(family, d("modelOutput"))
@@ -475,37 +496,20 @@ def parse_output_lines(lines: pl.DataFrame, family: ModelFamily) -> pl.DataFrame
     ok = ~(malformed | has_error | no_output | empty_result)
     schema = result_schema(family)
     return df.select(
-        pl.when(malformed)
-        .then(line.str.extract(_RECORD_ID_RE, 1))
-        .otherwise(d("recordId"))
-        .alias("record_id"),
+        pl.when(malformed).then(line.str.extract(_RECORD_ID_RE, 1)).otherwise(d("recordId")).alias("record_id"),
         pl.when(ok).then(extracted[result_col]).otherwise(None).cast(schema[result_col]).alias(result_col),
         error_code.cast(pl.String).alias("error_code"),
         error_message.cast(pl.String).alias("error_message"),
-        pl.when(malformed)
-        .then(None)
-        .otherwise(extracted["input_tokens"])
-        .cast(pl.Int64)
-        .alias("input_tokens"),
-        pl.when(malformed)
-        .then(None)
-        .otherwise(extracted["output_tokens"])
-        .cast(pl.Int64)
-        .alias("output_tokens"),
-        pl.when(malformed)
-        .then(None)
-        .otherwise(extracted["stop_reason"])
-        .cast(pl.String)
-        .alias("stop_reason"),
+        pl.when(malformed).then(None).otherwise(extracted["input_tokens"]).cast(pl.Int64).alias("input_tokens"),
+        pl.when(malformed).then(None).otherwise(extracted["output_tokens"]).cast(pl.Int64).alias("output_tokens"),
+        pl.when(malformed).then(None).otherwise(extracted["stop_reason"]).cast(pl.String).alias("stop_reason"),
     )
 
 
 # ------------------------------------------------------------------------------------------- on-demand
 
 
-def invoke_request(
-    family: ModelFamily, settings: InferenceSettings, prompt: str
-) -> tuple[str, dict[str, Any]]:
+def invoke_request(family: ModelFamily, settings: InferenceSettings, prompt: str) -> tuple[str, dict[str, Any]]:
     """The bedrock-runtime call for one record: (`"invoke_model"` | `"converse"`, kwargs without modelId).
 
     `invoke_model` kwargs are just `{"body": bytes}` (JSON; the caller adds modelId and may add

@@ -54,9 +54,7 @@ def _snapshot_uri(aws: AwsSettings, bucket: str, frame: pl.DataFrame = SNAPSHOT)
 def test_collect_shard_reads_the_job_id_level(aws: AwsSettings, bucket: str) -> None:
     out = f"s3://{bucket}/run/jobs/shard-0001/abcdef123456/"
     lines = [ok_line("r3", "three"), error_line("r1", 429, "Too many requests"), ok_line("r0", "zero")]
-    _put(
-        aws, bucket, out[len(f"s3://{bucket}/") :] + "shard-0001.jsonl.out", "\n".join(lines).encode() + b"\n"
-    )
+    _put(aws, bucket, out[len(f"s3://{bucket}/") :] + "shard-0001.jsonl.out", "\n".join(lines).encode() + b"\n")
     manifest = {
         "totalRecordCount": 6,
         "processedRecordCount": 3,
@@ -158,9 +156,7 @@ def test_write_results_parts_and_manifest(aws: AwsSettings, bucket: str) -> None
 
 
 def test_apply_repairs_replaces_only_the_rerun_rows() -> None:
-    base = collect_lines(
-        pl.DataFrame({"line": [ok_line("r0"), error_line("r1", 429)]}), SNAPSHOT, CLAUDE
-    ).frame
+    base = collect_lines(pl.DataFrame({"line": [ok_line("r0"), error_line("r1", 429)]}), SNAPSHOT, CLAUDE).frame
     repaired = collect_lines(
         pl.DataFrame({"line": [ok_line("r1", "repaired")]}),
         SNAPSHOT.filter(pl.col("record_id") == "r1"),
@@ -195,13 +191,14 @@ def job_outputs(draw: st.DrawFn) -> tuple[list[str], list[str]]:
                 full = ok_line(record_id)
                 lines.append(full[: draw(st.integers(1, len(full) - 1))])
             elif kind == "malformed":
-                lines.append(draw(st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=30)))
+                junk = st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r")
+                lines.append(draw(st.text(alphabet=junk, max_size=30)))
     lines += [ok_line(f"stranger-{i}") for i in range(draw(st.integers(0, 3)))]
     random.Random(draw(st.integers(0, 10**6))).shuffle(lines)
     return ids, lines
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(job_outputs())
 def test_collect_returns_each_input_row_exactly_once(case: tuple[list[str], list[str]]) -> None:
     ids, lines = case
@@ -209,6 +206,8 @@ def test_collect_returns_each_input_row_exactly_once(case: tuple[list[str], list
         {"record_id": ids, "payload": [f"p-{i}" for i in ids]}, schema_overrides={"record_id": pl.String}
     )
     result = collect_lines(pl.DataFrame({"line": lines}, schema={"line": pl.String}), snapshot, CLAUDE)
+    from_file = collect_lines("\n".join(lines).encode(), snapshot, CLAUDE)  # the path collect_shard takes
+    assert from_file.frame.equals(result.frame)
     frame = result.frame
     assert frame["record_id"].to_list() == ids  # each input row once, in input order
     assert frame["payload"].to_list() == snapshot["payload"].to_list()
