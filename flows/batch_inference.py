@@ -7,9 +7,7 @@ offline against the bundled emulator).
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import Future
 from typing import Any
 
 from flows._bootstrap import configure_local_prefect
@@ -24,9 +22,9 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from tasks import cost as costs  # noqa: E402
 from tasks.concurrency import ensure_limit, limit_name, mark_process_alive, reclaim_orphaned_slots  # noqa: E402
 from tasks.config import InvocationType, RunConfig, config_from_params  # noqa: E402
-from tasks.output import OutputPart  # noqa: E402
 from tasks.prepare import PreparedRun  # noqa: E402
 from tasks.report import RunProgress, RunSummary, artifact_key, publish_jobs_table, publish_results  # noqa: E402
+from tasks.shard_job import JobResult, ShardOutcome, collect_job_task, run_job_task  # noqa: E402
 from tasks.steps import (  # noqa: E402
     RunFailed,
     estimate_run,
@@ -35,7 +33,6 @@ from tasks.steps import (  # noqa: E402
     repair,
     stop_run_jobs,
 )
-from tasks.shard_job import JobResult, ShardOutcome, collect_job_task, run_job_task  # noqa: E402
 
 DEFAULT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 
@@ -137,13 +134,14 @@ def batch_inference(
     if cfg.dry_run:
         return RunSummary(run_key=cfg.key, run_uri=cfg.run_uri, model_id=cfg.model_id,
                           total_rows=prepared.total_rows, shards=len(prepared.shards), dry_run=True,
-                          estimate=costs.estimate_dict(estimate)).to_dict()
+                          estimate={"rows": costs.estimate_rows(estimate),
+                                                      "text": costs.format_estimate(estimate)}).to_dict()
     costs.check_budget(estimate, cfg.budget_usd)
 
     progress = RunProgress(prepared.total_rows, artifact_key(cfg.prefix, "progress"), log)
     progress.expect([s.name for s in prepared.shards])
     outcomes = run_shards(prepared, cfg, progress)
-    repaired = repair(outcomes, prepared, cfg, run_shards) if cfg.repair else None
+    repaired = repair(outcomes, prepared, cfg, run_shards) if cfg.repair_failed else None
     summary, parts = finalize(outcomes, repaired, prepared, cfg, elapsed_s=time.monotonic() - started)
     progress.finish()
 
@@ -171,8 +169,6 @@ def _results_link(summary: RunSummary, cfg: RunConfig) -> str | None:
     bucket, _, key = bucket_key.partition("/")
     return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={key}"
 
-
-__all__ = ["DEFAULT_MODEL", "Future", "OutputPart", "batch_inference", "run_shards"]
 
 if __name__ == "__main__":
     from flows.cli import main

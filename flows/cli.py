@@ -143,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             summary, code = failed.summary, 1
             print(f"error: {failed}", file=sys.stderr)
         if summary.dry_run:
-            from tasks import cost as costs
-
-            print(costs.format_estimate_dict(summary.estimate or {}))
+            print((summary.estimate or {}).get("text", ""))
             return 0
         print(summary_text(summary))
         if summary.results_uri:

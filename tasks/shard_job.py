@@ -20,8 +20,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from tasks import jobs
-from tasks.aws import client, join_s3, storage_options
-from tasks.collect import collect_shard, mark_failed
+from tasks.aws import client, join_s3
+from tasks.collect import ResultPart, collect_shard, mark_failed, result_part_name, write_result_part
 from tasks.concurrency import hold_slot
 from tasks.config import RunConfig
 from tasks.formats import resolve_family
@@ -47,7 +47,7 @@ class ShardOutcome:
     output_tokens: int = 0
     queued_s: float | None = None
     ran_s: float | None = None
-    collected_uri: str | None = None
+    part: ResultPart | None = None
     manifest: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -69,7 +69,7 @@ def _retryable(task: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except jobs.JobSubmissionError:
         return False
-    except Exception as err:  # noqa: BLE001 - we classify, then decide
+    except Exception as err:
         return jobs.error_code(err) in jobs.RETRYABLE_API_ERRORS or isinstance(err, ConnectionError | TimeoutError)
     return False
 
@@ -178,7 +178,8 @@ def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: s
         result = collect_shard(
             family=family,
             output_prefix_uri=join_s3(run_uri, "jobs", shard.name, jobs.job_id_from_arn(job.job_arn)) + "/",
-            snapshot_uri=shard.snapshot_uri, input_file_name=f"{shard.name}.jsonl", aws=aws,
+            snapshot_uri=shard.snapshot_uri, input_file_name=shard.input_file_name, aws=aws,
+            missing_code="expired" if job.status == "Expired" else "missing",
         )
         frame, outcome.manifest, outcome.problems = result.frame, result.manifest, list(result.problems)
         for problem in outcome.problems:
@@ -189,8 +190,8 @@ def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: s
         frame = mark_failed(shard.snapshot_uri, code, message, family, aws)
         log.error("%s: %s after %d attempt(s)", shard.name, message, job.attempts)
     _count(outcome, frame)
-    outcome.collected_uri = join_s3(run_uri, "collected", f"{shard.name}.parquet")
-    frame.write_parquet(outcome.collected_uri, storage_options=storage_options(aws))
+    # Written now, not at the end: a shard that is done keeps its output whatever happens later.
+    outcome.part = write_result_part(frame, run_uri, result_part_name(shard.index), aws)
     if progress is not None:
         progress.shard_done(outcome)
     return outcome

@@ -16,22 +16,25 @@ from prefect.cache_policies import NO_CACHE
 from tasks import cost as costs
 from tasks import jobs
 from tasks.aws import client, join_s3, split_s3_uri
-from tasks.config import RunConfig, config_from_params
-from tasks.formats import RETRYABLE_ERROR_CODES, InferenceSettings, ModelFamily, resolve_family
-from tasks.ondemand import invoke_rows
-from tasks.output import (
-    RESULT_COLUMNS,
-    OutputPart,
-    error_frame,
-    overlay,
-    read_parquet,
-    write_manifest,
-    write_parquet,
+from tasks.collect import (
+    RESULTS_DIR,
+    ResultPart,
+    apply_repairs,
+    conform,
+    join_results,
+    mark_invalid,
+    read_results,
+    read_snapshot,
+    write_result_part,
+    write_results_manifest,
 )
+from tasks.config import RunConfig, config_from_params
+from tasks.formats import RETRYABLE_ERROR_CODES, InferenceSettings, ModelFamily, resolve_family, result_schema
+from tasks.ondemand import invoke_rows
 from tasks.plan import Quotas
 from tasks.prepare import PreparedRun, prepare_run
 from tasks.report import RunSummary, artifact_key
-from tasks.sources import SourceSpec, load_source
+from tasks.sources import RECORD_ID, SourceSpec, load_source
 from tasks.templates import PromptTemplate, load_template
 
 MAX_REPAIR_ROUNDS = 2
@@ -40,7 +43,7 @@ MAX_REPAIR_ROUNDS = 2
 class RunFailed(RuntimeError):
     """Some shards' jobs failed every attempt; their rows carry the error, the rest of the output stands."""
 
-    def __init__(self, summary: RunSummary, parts: list[OutputPart]) -> None:
+    def __init__(self, summary: RunSummary, parts: list[ResultPart]) -> None:
         self.summary, self.parts = summary, parts
         failed = "; ".join(f"{j['shard']} job {j['job_name']}: {j['status']}: {j['message']}"
                            for j in summary.failed_jobs)
@@ -129,7 +132,9 @@ def estimate_run(prepared: PreparedRun, cfg: RunConfig) -> Any:
         else 0,
         n_shards=len(prepared.shards),
         slots=cfg.max_concurrent_jobs,
-        records_per_shard=max((s.records for s in prepared.shards), default=0),
+        min_records_per_job=cfg.min_records_per_job,
+        max_records_per_job=cfg.max_records_per_job,
+        job_timeout_hours=cfg.timeout_hours,
     )
     _log().info("estimate:\n%s", costs.format_estimate(estimate))
     try:
@@ -140,14 +145,14 @@ def estimate_run(prepared: PreparedRun, cfg: RunConfig) -> Any:
     return estimate
 
 
-def _retryable_rows(frames: list[pl.DataFrame]) -> pl.DataFrame:
+def _retryable_rows(frames: list[pl.DataFrame], family: ModelFamily) -> pl.DataFrame:
     """Input rows (result columns dropped) whose error a new attempt may fix."""
     if not frames:
         return pl.DataFrame()
     failed = pl.concat(frames, how="diagonal_relaxed").filter(
         pl.col("error_code").is_in(sorted(RETRYABLE_ERROR_CODES))
     )
-    return failed.drop([c for c in RESULT_COLUMNS if c in failed.columns])
+    return failed.drop([c for c in result_schema(family) if c in failed.columns])
 
 
 def repair(
@@ -156,13 +161,14 @@ def repair(
 ) -> pl.DataFrame | None:
     """Retry records that failed for a retryable reason: as a repair job, or on-demand when too few.
 
-    Returns the repair results (record_id + result columns), latest attempt last; `finalize` lays the
-    successful ones over the shards' frames.
+    Returns the repair results (record_id + result columns, one row per repaired record, latest round
+    wins); `finalize` lays them over the shards' parts.
     """
     log = _log()
     family, template, settings = resolve(cfg)
-    frames = [read_parquet(o.collected_uri, cfg.aws) for o in outcomes if o.collected_uri]
-    pending = _retryable_rows(frames)
+    parts = [o.part for o in outcomes if o.part is not None and any(
+        code in RETRYABLE_ERROR_CODES for code in o.part.error_counts)]
+    pending = _retryable_rows([read_snapshot(p.uri, cfg.aws) for p in parts], family)
     results: list[pl.DataFrame] = []
     for round_no in range(1, MAX_REPAIR_ROUNDS + 1):
         if pending.is_empty():
@@ -177,89 +183,97 @@ def repair(
             done = serve_on_demand(rep, cfg, family, settings)
         else:
             rep_outcomes = run_shards(rep, cfg, None)
-            done = pl.concat([read_parquet(o.collected_uri, cfg.aws) for o in rep_outcomes],
+            done = pl.concat([read_snapshot(o.part.uri, cfg.aws) for o in rep_outcomes if o.part],
                              how="diagonal_relaxed")
-        results.append(done.select([c for c in ("record_id", *RESULT_COLUMNS) if c in done.columns]))
-        still = done.filter(pl.col("error_code").is_in(sorted(RETRYABLE_ERROR_CODES))).select("record_id")
-        pending = pending.join(still, on="record_id", how="semi")
+        # A repair job that failed as a whole says nothing new about its records: keep their first error.
+        done = done.filter(~pl.col("error_code").is_in(["job_failed"]).fill_null(False))
+        results.append(done.select(RECORD_ID, *result_schema(family)))
+        still = done.filter(pl.col("error_code").is_in(sorted(RETRYABLE_ERROR_CODES))).select(RECORD_ID)
+        pending = pending.join(still, on=RECORD_ID, how="semi")
     if not results:
         return None
-    # The latest attempt per record wins.
-    return pl.concat(results, how="diagonal_relaxed").unique("record_id", keep="last", maintain_order=True)
+    return pl.concat(results, how="vertical_relaxed").unique(RECORD_ID, keep="last", maintain_order=True)
 
 
 def serve_on_demand(prepared: PreparedRun, cfg: RunConfig, family: ModelFamily,
                     settings: InferenceSettings) -> pl.DataFrame:
-    """Rows under the job minimum: one runtime call each; returns input columns + result columns."""
-    rows = read_parquet(prepared.on_demand_uri, cfg.aws)
+    """Rows under the job minimum: one runtime call each; returns rows in the output schema."""
+    rows = read_snapshot(prepared.on_demand_uri, cfg.aws)
     _log().info("serving %s row(s) on-demand (below the %d-record job minimum)", f"{rows.height:,}",
                 cfg.min_records_per_job)
-    results = invoke_rows(rows.select("record_id", "prompt"), model_id=cfg.model_id, family=family,
+    results = invoke_rows(rows.select(RECORD_ID, "prompt"), model_id=cfg.model_id, family=family,
                           settings=settings, aws=cfg.aws, concurrency=cfg.on_demand_concurrency)
-    inputs = rows.drop([c for c in ("prompt", "line", "line_bytes", "input_error") if c in rows.columns])
-    return inputs.join(results, on="record_id", how="left")
+    inputs = [c for c in prepared.columns if c in rows.columns]
+    snapshot = rows.select(inputs)
+    return conform(join_results(snapshot, results, family), family, inputs)
 
 
 def finalize(
     outcomes: list[Any], repaired: pl.DataFrame | None, prepared: PreparedRun, cfg: RunConfig, elapsed_s: float,
-) -> tuple[RunSummary, list[OutputPart]]:
-    """Write `results/part-*.parquet` + `results/manifest.json`; return the run's summary."""
+) -> tuple[RunSummary, list[ResultPart]]:
+    """Lay repairs over the shards' parts, add on-demand and refused rows, write the manifest."""
     aws = cfg.aws
     family, _, settings = resolve(cfg)
-    results_uri = join_s3(cfg.run_uri, "results")
-    parts: list[OutputPart] = []
-    repaired_rows = 0
-
-    def emit(name: str, frame: pl.DataFrame) -> None:
-        uri = write_parquet(frame, join_s3(results_uri, f"{name}.parquet"), aws)
-        parts.append(OutputPart(name=name, uri=uri, rows=frame.height))
-
+    parts: list[ResultPart] = []
+    repaired_ids = repaired.get_column(RECORD_ID) if repaired is not None else None
+    repaired_ok = 0
     for outcome in sorted(outcomes, key=lambda o: o.shard):
-        frame, n = overlay(read_parquet(outcome.collected_uri, aws), repaired)
-        repaired_rows += n
-        emit(f"part-{outcome.shard.rsplit('-', 1)[-1]}", frame)
+        part = outcome.part
+        if repaired_ids is not None and part is not None and part.failed:
+            frame = read_snapshot(part.uri, aws)
+            hits = repaired.filter(pl.col(RECORD_ID).is_in(frame.get_column(RECORD_ID).implode()))
+            if hits.height:
+                repaired_ok += int(hits.get_column("error_code").is_null().sum())
+                part = write_result_part(apply_repairs(frame, hits), cfg.run_uri, part.name, aws)
+        if part is not None:
+            parts.append(part)
     on_demand_rows = 0
     if prepared.plan.on_demand and prepared.on_demand_uri:
         frame = serve_on_demand(prepared, cfg, family, settings)
-        frame, n = overlay(frame, repaired)
-        repaired_rows += n
+        if repaired is not None:
+            frame = apply_repairs(frame, repaired.join(frame.select(RECORD_ID), on=RECORD_ID, how="semi"))
         on_demand_rows = frame.height
-        emit("part-on-demand", frame)
+        parts.append(write_result_part(frame, cfg.run_uri, "part-on-demand", aws))
     if prepared.invalid_uri:
-        invalid = read_parquet(prepared.invalid_uri, aws)
-        emit("part-invalid", error_frame(invalid, "invalid_input", "input_error", family.kind))
+        parts.append(write_result_part(mark_invalid(prepared.invalid_uri, family, aws), cfg.run_uri,
+                                       "part-invalid", aws))
 
     summary = summarize(parts, outcomes, prepared, cfg, elapsed_s)
-    summary.repaired, summary.on_demand = repaired_rows, on_demand_rows
-    summary.results_uri = results_uri + "/"
-    write_manifest(cfg.run_uri, {"run": summary.to_dict(), "parts": [p.__dict__ for p in parts],
-                                 "jobs": [o.__dict__ for o in outcomes]}, aws)
+    summary.repaired, summary.on_demand = repaired_ok, on_demand_rows
+    write_results_manifest(cfg.run_uri, parts, aws, extra={
+        "run": summary.to_dict(), "jobs": [jobs_row(o) for o in outcomes]})
     return summary, parts
 
 
-def summarize(parts: list[OutputPart], outcomes: list[Any], prepared: PreparedRun, cfg: RunConfig,
+def jobs_row(outcome: Any) -> dict[str, Any]:
+    row = {k: v for k, v in vars(outcome).items() if k not in ("part", "manifest", "problems")}
+    row["problems"] = list(outcome.problems)
+    return row
+
+
+def summarize(parts: list[ResultPart], outcomes: list[Any], prepared: PreparedRun, cfg: RunConfig,
               elapsed_s: float) -> RunSummary:
-    frame = pl.concat(
-        [read_parquet(p.uri, cfg.aws).select("error_code", "input_tokens", "output_tokens") for p in parts],
-        how="vertical_relaxed",
-    ) if parts else pl.DataFrame(schema={"error_code": pl.String, "input_tokens": pl.Int64,
-                                         "output_tokens": pl.Int64})
-    errors = frame.filter(pl.col("error_code").is_not_null()).group_by("error_code").len()
+    tokens = (read_results(cfg.run_uri, cfg.aws).select(
+        pl.col("input_tokens").fill_null(0).sum(), pl.col("output_tokens").fill_null(0).sum()).collect().row(0)
+        if parts else (0, 0))
+    errors: dict[str, int] = {}
+    for part in parts:
+        for code, n in part.error_counts.items():
+            errors[code] = errors.get(code, 0) + n
     manifests = [o.manifest for o in outcomes if o.manifest]
     summary = RunSummary(
-        run_key=cfg.key, run_uri=cfg.run_uri, model_id=cfg.model_id, total_rows=frame.height,
-        ok=int(frame["error_code"].is_null().sum()), failed=int(frame["error_code"].is_not_null().sum()),
+        run_key=cfg.key, run_uri=cfg.run_uri, model_id=cfg.model_id, total_rows=sum(p.rows for p in parts),
+        ok=sum(p.ok for p in parts), failed=sum(p.failed for p in parts),
         shards=len(prepared.shards), jobs_submitted=sum(o.submitted for o in outcomes),
         jobs_attached=sum(1 for o in outcomes if o.attached),
-        input_tokens=int(frame["input_tokens"].fill_null(0).sum()),
-        output_tokens=int(frame["output_tokens"].fill_null(0).sum()),
-        elapsed_s=elapsed_s,
-        errors_by_code={str(k): int(v) for k, v in errors.iter_rows()},
+        input_tokens=int(tokens[0]), output_tokens=int(tokens[1]), elapsed_s=elapsed_s,
+        errors_by_code=dict(sorted(errors.items())),
+        results_uri=join_s3(cfg.run_uri, RESULTS_DIR) + "/",
         failed_jobs=[{"shard": o.shard, "job_name": o.job_name, "job_arn": o.job_arn, "status": o.status,
                       "message": o.message} for o in outcomes if o.status not in jobs.COLLECTABLE],
     )
     try:
-        summary.cost_usd = costs.actual_cost(manifests, cfg.model_id).total_usd if manifests else None
+        summary.cost_usd = costs.actual_cost(manifests, cfg.model_id).batch_usd if manifests else None
     except Exception:  # a model missing from the price table: report tokens, not a guess
         summary.cost_usd = None
     return summary
