@@ -1,10 +1,11 @@
 """Prepare a run: render prompts, build request lines, plan shards, write JSONL shards and snapshots to S3.
 
-Memory stays bounded by one shard, never the dataset: the source is streamed once through the render
-and encode expressions into two local Parquet files (valid rows / refused rows, one multi-sink pass);
-the plan needs only the per-row line sizes; each shard is then a `slice` of the local file streamed to
-a JSONL file (`sink_csv` of the ready-made `line` column, no per-row Python) and to a Parquet snapshot
-of its input rows, hashed in 1 MB blocks and uploaded with S3 multipart.
+Memory stays bounded by one shard's snapshot, never the dataset. One streaming pass runs the source
+through the render and encode expressions and writes three local files at once: every request line, in
+order, to one JSONL file (`sink_csv` of the ready-made `line` column); the valid rows' input columns plus
+line sizes to Parquet; refused rows to `invalid.parquet`. The plan needs only the line sizes; a shard's
+JSONL is then a byte range of the big file (cumulative sizes give the offsets), hashed and streamed to
+S3 with multipart, and its snapshot a `slice` of the Parquet file. No per-row Python anywhere.
 
 Nothing is uploaded until the template has matched the columns, ids are known unique and the plan fits
 the quotas, so a bad input fails fast and leaves no half-written run behind.
@@ -13,6 +14,7 @@ the quotas, so a bad input fails fast and leaves no half-written run behind.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import re
@@ -23,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from boto3.s3.transfer import TransferConfig
 
@@ -37,8 +40,8 @@ PREPARED_MANIFEST = "prepared.json"
 # Internal column names, chosen so they cannot shadow an input column such as `prompt`.
 _PROMPT, _ERROR, _LINE, _BYTES, _TOKENS = "__prompt", "__input_error", "__line", "__line_bytes", "__tokens"
 _ROW_GROUP = 20_000
-# The local staging file is written once and read once: favour speed (lz4). Snapshots go to S3 and are
-# read back by collect: zstd at level 1 is nearly as fast and a third smaller.
+# The local staging file is written once and read once per shard: favour speed (lz4). Snapshots go to
+# S3 and are read back by collect: zstd at level 1 is nearly as fast and a third smaller.
 _STAGING = {"compression": "lz4", "row_group_size": _ROW_GROUP}
 _SNAPSHOT = {"compression": "zstd", "compression_level": 1}
 
@@ -114,21 +117,47 @@ def shard_name(index: int) -> str:
     return f"shard-{index:04d}"
 
 
-def _sha256(path: Path) -> str:
+class _Span(io.RawIOBase):
+    """A read-only window `[start, start + length)` of a file, for uploading one shard's byte range."""
+
+    def __init__(self, path: Path, start: int, length: int) -> None:
+        self._fh = path.open("rb")
+        self._fh.seek(start)
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)[: max(0, self._left)]
+        n = self._fh.readinto(view) or 0
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def _sha256(path: Path, start: int, length: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
+    with _Span(path, start, length) as span:
+        while block := span.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _upload(path: Path, uri: str, aws: AwsSettings, chunk_bytes: int) -> None:
+def _upload(path: Path, uri: str, aws: AwsSettings, chunk_bytes: int, span: tuple[int, int] | None = None) -> None:
+    """Upload a file, or a byte range of it, with S3 multipart above `chunk_bytes`."""
     bucket, key = split_s3_uri(uri)
-    config = TransferConfig(
-        multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes, max_concurrency=4
-    )
-    client("s3", aws).upload_file(str(path), bucket, key, Config=config)
-    path.unlink(missing_ok=True)
+    config = TransferConfig(multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes, max_concurrency=4)
+    s3 = client("s3", aws)
+    if span is None:
+        s3.upload_file(str(path), bucket, key, Config=config)
+        path.unlink(missing_ok=True)
+    else:
+        with _Span(path, *span) as body:
+            s3.upload_fileobj(io.BufferedReader(body, 1 << 20), bucket, key, Config=config)
 
 
 def estimate_tokens_expr(prompt: pl.Expr, system: str | None) -> pl.Expr:
@@ -181,16 +210,18 @@ def prepare_run(
 
     with tempfile.TemporaryDirectory(prefix="prepare-", dir=work_dir) as tmp:
         tmpdir = Path(tmp)
+        lines_path = tmpdir / "valid.jsonl"
         valid_path, invalid_path = tmpdir / "valid.parquet", tmpdir / "invalid.parquet"
-        invalid_cols = [*columns, pl.col(_ERROR).alias("input_error")]
-        # One streaming pass over the source feeds both files (the shared scan is computed once).
+        ok = staged.filter(pl.col(_ERROR).is_null())
+        # One streaming pass over the source (the shared scan and render run once) writes every request
+        # line, in order, to one local JSONL file; a shard is then a byte range of it, found from the
+        # cumulative line sizes. The input columns go to a Parquet file for the snapshots.
         pl.collect_all(
             [
-                staged.filter(pl.col(_ERROR).is_null())
-                .select(*columns, _LINE, _BYTES, _TOKENS)
-                .sink_parquet(valid_path, **_STAGING, lazy=True),
+                ok.select(_LINE).sink_csv(lines_path, include_header=False, quote_style="never", lazy=True),
+                ok.select(*columns, _BYTES, _TOKENS).sink_parquet(valid_path, **_STAGING, lazy=True),
                 staged.filter(pl.col(_ERROR).is_not_null())
-                .select(invalid_cols)
+                .select(*columns, pl.col(_ERROR).alias("input_error"))
                 .sink_parquet(invalid_path, compression="zstd", lazy=True),
             ]
         )
@@ -206,6 +237,9 @@ def prepare_run(
         check_ids(ids, total_rows, null_ids, duplicated, source="input")
 
         sizes = valid.select(_BYTES, _TOKENS).collect()
+        offsets = np.concatenate(([0], np.cumsum(sizes.get_column(_BYTES).to_numpy(), dtype=np.int64)))
+        if lines_path.stat().st_size != offsets[-1]:  # the byte ranges (and the plan's limits) rest on this
+            raise RuntimeError(f"wrote {lines_path.stat().st_size} bytes of JSONL, expected {offsets[-1]}")
         plan = plan_shards(
             sizes.get_column(_BYTES),
             quotas,
@@ -230,10 +264,10 @@ def prepare_run(
             settings=asdict(settings),
         )
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload") as pool:
-            uploads: list[Future[None]] = []
+            uploads: list[Future[Any]] = []
 
-            def upload(path: Path, uri: str) -> None:
-                uploads.append(pool.submit(_upload, path, uri, aws, multipart_chunk_bytes))
+            def upload(path: Path, uri: str, span: tuple[int, int] | None = None) -> None:
+                uploads.append(pool.submit(_upload, path, uri, aws, multipart_chunk_bytes, span))
 
             if invalid_rows:
                 run.invalid_uri = join_s3(run_uri, "invalid.parquet")
@@ -243,46 +277,34 @@ def prepare_run(
                     path = tmpdir / "on_demand.parquet"
                     # Few rows by construction: render their prompts again rather than stage them all.
                     keep = [c for c in columns if c not in ("prompt", "line")]
-                    render(valid.head(plan.total_records).select(*columns, _LINE)).select(
-                        *keep, pl.col(_PROMPT).alias("prompt"), pl.col(_LINE).alias("line")
+                    render(valid.head(plan.total_records).select(columns)).select(
+                        *keep, pl.col(_PROMPT).alias("prompt"), line.alias("line")
                     ).sink_parquet(path)
                     run.on_demand_uri = join_s3(run_uri, "on_demand.parquet")
                     upload(path, run.on_demand_uri)
             else:
-                for spec in plan.shards:
-                    run.shards.append(_write_shard(valid, spec, columns, run_uri, tmpdir, upload))
+                hashes = [pool.submit(_sha256, lines_path, int(offsets[s.start]), s.bytes) for s in plan.shards]
+                for spec, digest in zip(plan.shards, hashes, strict=True):
+                    name = shard_name(spec.index)
+                    snapshot = tmpdir / f"{name}.parquet"
+                    valid.slice(spec.start, spec.records).select(columns).sink_parquet(snapshot, **_SNAPSHOT)
+                    shard = PreparedShard(
+                        index=spec.index,
+                        name=name,
+                        input_uri=check_s3_uri(join_s3(run_uri, "input", f"{name}.jsonl")),
+                        snapshot_uri=join_s3(run_uri, "snapshots", f"{name}.parquet"),
+                        records=spec.records,
+                        bytes=spec.bytes,
+                        content_hash=digest.result(),
+                        start=spec.start,
+                    )
+                    upload(lines_path, shard.input_uri, (int(offsets[spec.start]), spec.bytes))
+                    upload(snapshot, shard.snapshot_uri)
+                    run.shards.append(shard)
             for future in uploads:
                 future.result()
         _put_json(join_s3(run_uri, PREPARED_MANIFEST), run.to_dict(), aws)
     return run
-
-
-def _write_shard(
-    valid: pl.LazyFrame, spec: ShardSpec, columns: list[str], run_uri: str, tmpdir: Path, upload: Any
-) -> PreparedShard:
-    name = shard_name(spec.index)
-    part = valid.slice(spec.start, spec.records)
-    jsonl = tmpdir / f"{name}.jsonl"
-    snapshot = tmpdir / f"{name}.parquet"
-    # The `line` column is already JSON without raw newlines; write it verbatim, one per line.
-    part.select(_LINE).sink_csv(jsonl, include_header=False, quote_style="never")
-    part.select(columns).sink_parquet(snapshot, **_SNAPSHOT)
-    size = jsonl.stat().st_size
-    if size != spec.bytes:  # the plan's byte limits rest on this
-        raise RuntimeError(f"{name}: wrote {size} bytes, planned {spec.bytes}")
-    shard = PreparedShard(
-        index=spec.index,
-        name=name,
-        input_uri=check_s3_uri(join_s3(run_uri, "input", f"{name}.jsonl")),
-        snapshot_uri=join_s3(run_uri, "snapshots", f"{name}.parquet"),
-        records=spec.records,
-        bytes=spec.bytes,
-        content_hash=_sha256(jsonl),
-        start=spec.start,
-    )
-    upload(jsonl, shard.input_uri)
-    upload(snapshot, shard.snapshot_uri)
-    return shard
 
 
 def _put_json(uri: str, data: dict[str, Any], aws: AwsSettings) -> None:
