@@ -10,29 +10,34 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flows._bootstrap import configure_local_prefect
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 
-configure_local_prefect()
-
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.futures import as_completed  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-
-from tasks import cost as costs  # noqa: E402
-from tasks.concurrency import ensure_limit, limit_name, mark_process_alive, reclaim_orphaned_slots  # noqa: E402
-from tasks.config import InvocationType, RunConfig, config_from_params  # noqa: E402
-from tasks.prepare import PreparedRun  # noqa: E402
-from tasks.report import RunProgress, RunSummary, artifact_key, publish_jobs_table, publish_results  # noqa: E402
-from tasks.shard_job import JobResult, ShardOutcome, collect_job_task, run_job_task  # noqa: E402
-from tasks.steps import (  # noqa: E402
+from tasks import cost as costs
+from tasks.concurrency import ensure_limit, limit_name, mark_process_alive, reclaim_orphaned_slots
+from tasks.config import InvocationType, RunConfig, config_from_params
+from tasks.prepare import PreparedRun
+from tasks.report import (
+    RunProgress,
+    RunSummary,
+    artifact_key,
+    publish_jobs_table,
+    publish_metrics,
+    publish_results,
+)
+from tasks.shard_job import JobResult, ShardOutcome, collect_job_task, run_job_task
+from tasks.steps import (
     RunFailed,
+    check_output_writable,
     estimate_run,
     finalize,
     prepare,
     repair,
     stop_run_jobs,
 )
+from tasks.watch import RunWatcher
 
 DEFAULT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 
@@ -70,19 +75,17 @@ def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | No
     return outcomes
 
 
-@task(name="ensure-output-location", cache_policy=NO_CACHE, persist_result=False)
-def check_output(cfg: RunConfig) -> None:
-    from tasks.steps import check_output_writable
-
-    check_output_writable(cfg)
+check_output = task(check_output_writable, name="check-output-location", cache_policy=NO_CACHE,
+                    persist_result=False)
 
 
 @flow(
     name="bedrock-batch-inference",
     log_prints=True,
     persist_result=False,
+    # Cancelling stops the run's Bedrock jobs (stop_jobs_on_cancel); a crash leaves them running so that
+    # a re-run attaches to them instead of paying for them twice.
     on_cancellation=[stop_run_jobs],
-    on_crashed=[stop_run_jobs],
 )
 def batch_inference(
     model_id: str = DEFAULT_MODEL,
@@ -109,6 +112,8 @@ def batch_inference(
     max_job_attempts: int = 3,
     timeout_hours: int = 72,
     poll_interval_s: float = 300.0,
+    queued_warn_hours: float = 6.0,
+    expiry_warn_hours: float = 6.0,
     output_uri: str | None = None,
     role_arn: str | None = None,
     region: str | None = None,
@@ -135,13 +140,15 @@ def batch_inference(
         return RunSummary(run_key=cfg.key, run_uri=cfg.run_uri, model_id=cfg.model_id,
                           total_rows=prepared.total_rows, shards=len(prepared.shards), dry_run=True,
                           estimate={"rows": costs.estimate_rows(estimate),
-                                                      "text": costs.format_estimate(estimate)}).to_dict()
+                                    "text": costs.format_estimate(estimate)}).to_dict()
     costs.check_budget(estimate, cfg.budget_usd)
 
     progress = RunProgress(prepared.total_rows, artifact_key(cfg.prefix, "progress"), log)
     progress.expect([s.name for s in prepared.shards])
-    outcomes = run_shards(prepared, cfg, progress)
-    repaired = repair(outcomes, prepared, cfg, run_shards) if cfg.repair_failed else None
+    with RunWatcher(cfg, log, interval_s=min(cfg.poll_interval_s, 60.0)) as watcher:
+        outcomes = run_shards(prepared, cfg, progress)
+        repaired = repair(outcomes, prepared, cfg, run_shards) if cfg.repair_failed else None
+    publish_metrics(watcher.history, artifact_key(cfg.prefix, "cloudwatch"))
     summary, parts = finalize(outcomes, repaired, prepared, cfg, elapsed_s=time.monotonic() - started)
     progress.finish()
 

@@ -18,10 +18,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from flows._bootstrap import configure_local_prefect
-
-configure_local_prefect()
-
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = {
     "input_path": str(REPO / "samples" / "simplecot_sample.jsonl"),

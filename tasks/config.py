@@ -58,6 +58,8 @@ class RunConfig:
     min_poll_interval_s: float = 2.0
     lease_s: float = 900.0
     on_demand_concurrency: int = 8
+    queued_warn_hours: float = 6.0
+    expiry_warn_hours: float = 6.0
     repair_failed: bool = True
     stop_jobs_on_cancel: bool = True
     # where
@@ -95,7 +97,8 @@ class RunConfig:
         """12 hex digits naming this run's work; equal parameters give an equal key."""
         decisive = asdict(self)
         for transient in ("dry_run", "budget_usd", "poll_interval_s", "min_poll_interval_s", "lease_s",
-                          "max_concurrent_jobs", "on_demand_concurrency", "stop_jobs_on_cancel",
+                          "max_concurrent_jobs", "on_demand_concurrency", "queued_warn_hours",
+                          "expiry_warn_hours", "stop_jobs_on_cancel",
                           "endpoint_url", "role_arn", "repair_failed", "timeout_hours", "max_job_attempts"):
             decisive.pop(transient)
         blob = json.dumps(decisive, sort_keys=True, default=str)

@@ -151,6 +151,12 @@ def publish_jobs_table(outcomes: list[Any], key: str) -> None:
           description="One row per shard: its Bedrock job, status, records and tokens")
 
 
+def publish_metrics(history: list[dict[str, Any]], key: str) -> None:
+    if history:
+        _safe(create_table_artifact, table=history, key=key,
+              description="CloudWatch AWS/Bedrock/Batch metrics for the model during the run")
+
+
 def publish_results(summary: RunSummary, key: str, link: str | None) -> None:
     if link:
         _safe(create_link_artifact, link=link, link_text=summary.results_uri or link, key=key,
