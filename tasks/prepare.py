@@ -1,11 +1,11 @@
 """Prepare a run: render prompts, build request lines, plan shards, write JSONL shards and snapshots to S3.
 
-Memory stays bounded by one shard's snapshot, never the dataset. One streaming pass runs the source
-through the render and encode expressions and writes three local files at once: every request line, in
-order, to one JSONL file (`sink_csv` of the ready-made `line` column); the valid rows' input columns plus
-line sizes to Parquet; refused rows to `invalid.parquet`. The plan needs only the line sizes; a shard's
-JSONL is then a byte range of the big file (cumulative sizes give the offsets), hashed and streamed to
-S3 with multipart, and its snapshot a `slice` of the Parquet file. No per-row Python anywhere.
+Memory stays bounded by Polars' streaming buffers, never the dataset. One streaming pass runs the source
+through the render and encode expressions into a local Parquet staging file (input columns, request
+line, its size, the row's input error). The plan needs only the sizes. The valid lines are then streamed,
+in order, into one local JSONL file (`sink_csv` of the ready-made `line` column); a shard's JSONL is a
+byte range of it (cumulative sizes give the offsets), hashed and streamed to S3 with multipart, and its
+snapshot a `slice` of the staging file. No per-row Python anywhere.
 
 Nothing is uploaded until the template has matched the columns, ids are known unique and the plan fits
 the quotas, so a bad input fails fast and leaves no half-written run behind.
@@ -210,36 +210,21 @@ def prepare_run(
 
     with tempfile.TemporaryDirectory(prefix="prepare-", dir=work_dir) as tmp:
         tmpdir = Path(tmp)
-        lines_path = tmpdir / "valid.jsonl"
-        valid_path, invalid_path = tmpdir / "valid.parquet", tmpdir / "invalid.parquet"
-        ok = staged.filter(pl.col(_ERROR).is_null())
-        # One streaming pass over the source (the shared scan and render run once) writes every request
-        # line, in order, to one local JSONL file; a shard is then a byte range of it, found from the
-        # cumulative line sizes. The input columns go to a Parquet file for the snapshots.
-        pl.collect_all(
-            [
-                ok.select(_LINE).sink_csv(lines_path, include_header=False, quote_style="never", lazy=True),
-                ok.select(*columns, _BYTES, _TOKENS).sink_parquet(valid_path, **_STAGING, lazy=True),
-                staged.filter(pl.col(_ERROR).is_not_null())
-                .select(*columns, pl.col(_ERROR).alias("input_error"))
-                .sink_parquet(invalid_path, compression="zstd", lazy=True),
-            ]
-        )
-        valid = pl.scan_parquet(valid_path)
-        invalid = pl.scan_parquet(invalid_path)
-        ids = pl.concat([valid.select(RECORD_ID), invalid.select(RECORD_ID)])
-        stats = ids.select(
-            n=pl.len(),
-            null_ids=(pl.col(RECORD_ID).is_null() | (pl.col(RECORD_ID) == "")).sum(),
-            duplicated=pl.col(RECORD_ID).is_duplicated().sum(),
-        ).collect()
-        total_rows, null_ids, duplicated = stats.row(0)
-        check_ids(ids, total_rows, null_ids, duplicated, source="input")
+        staged_path, lines_path = tmpdir / "staged.parquet", tmpdir / "valid.jsonl"
+        # The only pass over the source: render and encode every row, stream it to local Parquet. A single
+        # sink keeps memory bounded (several sinks sharing one scan buffer whatever the slowest lags).
+        staged.select(*columns, _ERROR, _LINE, _BYTES, _TOKENS).sink_parquet(staged_path, **_STAGING)
+        stage = pl.scan_parquet(staged_path)
+        meta = stage.select(RECORD_ID, pl.col(_ERROR).is_null().alias("ok"), _BYTES, _TOKENS).collect()
+        total_rows = meta.height
+        ids = meta.get_column(RECORD_ID)
+        null_ids = int((ids.is_null() | (ids == "")).sum())
+        check_ids(stage.select(RECORD_ID), total_rows, null_ids, int(ids.is_duplicated().sum()), source="input")
 
-        sizes = valid.select(_BYTES, _TOKENS).collect()
+        valid_mask = meta.get_column("ok").to_numpy()
+        positions = np.flatnonzero(valid_mask)  # staged row of each valid row, in order
+        sizes = meta.filter(pl.col("ok"))
         offsets = np.concatenate(([0], np.cumsum(sizes.get_column(_BYTES).to_numpy(), dtype=np.int64)))
-        if lines_path.stat().st_size != offsets[-1]:  # the byte ranges (and the plan's limits) rest on this
-            raise RuntimeError(f"wrote {lines_path.stat().st_size} bytes of JSONL, expected {offsets[-1]}")
         plan = plan_shards(
             sizes.get_column(_BYTES),
             quotas,
@@ -247,7 +232,15 @@ def prepare_run(
             max_records_per_job=max_records_per_job,
         )
         tokens = int(sizes.get_column(_TOKENS).head(plan.total_records).sum())
-        invalid_rows = int(total_rows) - sizes.height
+        invalid_rows = total_rows - sizes.height
+        valid = stage.filter(pl.col(_ERROR).is_null())
+        if not plan.on_demand:
+            # Every request line that will be sent, in order, as one JSONL file: a shard is a byte range.
+            valid.head(plan.total_records).select(_LINE).sink_csv(lines_path, include_header=False, quote_style="never")
+            if lines_path.stat().st_size != offsets[plan.total_records]:  # byte ranges and limits rest on it
+                raise RuntimeError(
+                    f"wrote {lines_path.stat().st_size} bytes of JSONL, planned {offsets[plan.total_records]}"
+                )
 
         run = PreparedRun(
             run_uri=run_uri,
@@ -270,6 +263,10 @@ def prepare_run(
                 uploads.append(pool.submit(_upload, path, uri, aws, multipart_chunk_bytes, span))
 
             if invalid_rows:
+                invalid_path = tmpdir / "invalid.parquet"
+                stage.filter(pl.col(_ERROR).is_not_null()).select(
+                    *columns, pl.col(_ERROR).alias("input_error")
+                ).sink_parquet(invalid_path, compression="zstd")
                 run.invalid_uri = join_s3(run_uri, "invalid.parquet")
                 upload(invalid_path, run.invalid_uri)
             if plan.on_demand:
@@ -287,7 +284,10 @@ def prepare_run(
                 for spec, digest in zip(plan.shards, hashes, strict=True):
                     name = shard_name(spec.index)
                     snapshot = tmpdir / f"{name}.parquet"
-                    valid.slice(spec.start, spec.records).select(columns).sink_parquet(snapshot, **_SNAPSHOT)
+                    first, last = int(positions[spec.start]), int(positions[spec.stop - 1])
+                    stage.slice(first, last - first + 1).filter(pl.col(_ERROR).is_null()).select(columns).sink_parquet(
+                        snapshot, **_SNAPSHOT
+                    )
                     shard = PreparedShard(
                         index=spec.index,
                         name=name,

@@ -78,6 +78,10 @@ def test_null_keys_go_to_invalid_parquet_not_to_a_shard(aws: AwsSettings, bucket
     assert set(invalid["input_error"]) == {"column 'topic' is null"}
     sent = b"".join(_get(aws, s.input_uri) for s in run.shards).decode()
     assert "r0000000010" not in sent and "None" not in sent
+    for shard in run.shards:  # with refused rows interleaved, each snapshot still matches its JSONL
+        snapshot = pl.read_parquet(shard.snapshot_uri, storage_options=storage_options(aws))
+        line_ids = [json.loads(line)["recordId"] for line in _get(aws, shard.input_uri).decode().splitlines()]
+        assert snapshot["record_id"].to_list() == line_ids and len(line_ids) == shard.records
 
 
 def test_too_few_rows_go_on_demand(aws: AwsSettings, bucket: str) -> None:
