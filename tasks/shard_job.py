@@ -135,6 +135,7 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
             arn, attached = jobs.submit_once(
                 bedrock, s3, spec=spec, identity=identity, ledger_uri=ledger_uri, shard=shard.name,
                 on_quota_wait=log.warning,
+                quota_backoff_s=quota_backoff(cfg),
             )
             log.info("%s %s job %s (attempt %d)", shard.name, "attached to" if attached else "submitted",
                      identity.job_name, attempt)
@@ -155,6 +156,12 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
             continue
         break
     return result
+
+
+def quota_backoff(cfg: RunConfig) -> tuple[float, float]:
+    """First and longest wait when other jobs hold the model's quota: no slower than polling would notice
+    a freed slot (5 s .. 2 min, both capped by `poll_interval_s`)."""
+    return min(5.0, cfg.poll_interval_s), min(120.0, max(cfg.poll_interval_s, 5.0))
 
 
 def run_uri_key(cfg: RunConfig, run_uri: str) -> str:
