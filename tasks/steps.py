@@ -38,6 +38,9 @@ from tasks.sources import RECORD_ID, SourceSpec, load_source
 from tasks.templates import PromptTemplate, load_template
 
 MAX_REPAIR_ROUNDS = 2
+# Records a repair may run again. `job_failed` is left out: its job already had `max_job_attempts` tries
+# and failed for a reason about the job (role, input), not the records; the run fails naming it instead.
+REPAIRABLE_ERROR_CODES = RETRYABLE_ERROR_CODES - {"job_failed"}
 
 
 class RunFailed(RuntimeError):
@@ -150,7 +153,7 @@ def _retryable_rows(frames: list[pl.DataFrame], family: ModelFamily) -> pl.DataF
     if not frames:
         return pl.DataFrame()
     failed = pl.concat(frames, how="diagonal_relaxed").filter(
-        pl.col("error_code").is_in(sorted(RETRYABLE_ERROR_CODES))
+        pl.col("error_code").is_in(sorted(REPAIRABLE_ERROR_CODES))
     )
     return failed.drop([c for c in result_schema(family) if c in failed.columns])
 
@@ -166,8 +169,11 @@ def repair(
     """
     log = _log()
     family, template, settings = resolve(cfg)
-    parts = [o.part for o in outcomes if o.part is not None and any(
-        code in RETRYABLE_ERROR_CODES for code in o.part.error_counts)]
+    parts = [
+        o.part
+        for o in outcomes
+        if o.part is not None and any(code in REPAIRABLE_ERROR_CODES for code in o.part.error_counts)
+    ]
     pending = _retryable_rows([read_snapshot(p.uri, cfg.aws) for p in parts], family)
     results: list[pl.DataFrame] = []
     for round_no in range(1, MAX_REPAIR_ROUNDS + 1):
@@ -188,7 +194,7 @@ def repair(
         # A repair job that failed as a whole says nothing new about its records: keep their first error.
         done = done.filter(~pl.col("error_code").is_in(["job_failed"]).fill_null(False))
         results.append(done.select(RECORD_ID, *result_schema(family)))
-        still = done.filter(pl.col("error_code").is_in(sorted(RETRYABLE_ERROR_CODES))).select(RECORD_ID)
+        still = done.filter(pl.col("error_code").is_in(sorted(REPAIRABLE_ERROR_CODES))).select(RECORD_ID)
         pending = pending.join(still, on=RECORD_ID, how="semi")
     if not results:
         return None
@@ -240,8 +246,11 @@ def finalize(
 
     summary = summarize(parts, outcomes, prepared, cfg, elapsed_s)
     summary.repaired, summary.on_demand = repaired_ok, on_demand_rows
-    write_results_manifest(cfg.run_uri, parts, aws, extra={
-        "run": summary.to_dict(), "jobs": [jobs_row(o) for o in outcomes]})
+    write_results_manifest(
+        cfg.run_uri, parts, aws, extra={"run": summary.to_dict(), "jobs": [jobs_row(o) for o in outcomes]}
+    )
+    if summary.errors_by_code:
+        _log().warning("%s row(s) with an error, by error_code: %s", f"{summary.failed:,}", summary.errors_by_code)
     return summary, parts
 
 
