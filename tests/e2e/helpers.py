@@ -1,0 +1,117 @@
+"""Helpers shared by the end-to-end tests: read a run's output, check the emulator's call record.
+
+Plain functions, no fixtures: import them (`from tests.e2e.helpers import ...`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import polars as pl
+
+T = TypeVar("T")
+
+CREATE = "CreateModelInvocationJob"
+
+
+def read_output(results_uri: str, aws: Any = None) -> pl.DataFrame:
+    """Every result part of a run (`<run>/results/*.parquet`) as one frame."""
+    from tasks.aws import storage_options
+
+    return pl.read_parquet(results_uri.rstrip("/") + "/*.parquet", storage_options=storage_options(aws))
+
+
+def created_jobs(calls: Iterable[dict[str, Any]], name_contains: str = "") -> dict[str, set[str]]:
+    """Job name -> the distinct ARNs Bedrock answered a successful Create with.
+
+    A Create retried with the same `clientRequestToken` gets the same ARN back: one job, not two.
+    """
+    arns: dict[str, set[str]] = {}
+    for call in calls:
+        if call.get("operation") == CREATE and call.get("status_code") == 200 and name_contains in call["jobName"]:
+            arns.setdefault(call["jobName"], set()).add(call["jobArn"])
+    return arns
+
+
+def created_job_names(calls: Iterable[dict[str, Any]], name_contains: str = "") -> Counter[str]:
+    """Jobs Bedrock accepted, by name: the count is the number of distinct jobs under that name."""
+    return Counter({name: len(arns) for name, arns in created_jobs(calls, name_contains).items()})
+
+
+def ledger_jobs(run_uri: str, aws: Any) -> dict[str, tuple[str, int]]:
+    """Every job the run's ledgers (main shards and repair rounds) recorded: name -> (ledger key, attempt)."""
+    from tasks.aws import client, split_s3_uri
+
+    s3 = client("s3", aws)
+    bucket, prefix = split_s3_uri(run_uri.rstrip("/") + "/")
+    found: dict[str, tuple[str, int]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            if "/ledger/" not in key or not key.endswith(".json"):
+                continue
+            ledger = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            for entry in ledger["entries"]:
+                assert entry["job_name"] not in found, f"{entry['job_name']} is in two ledger entries"
+                found[entry["job_name"]] = (key[len(prefix):], entry["attempt"])
+    return found
+
+
+def assert_submitted_once(calls: Iterable[dict[str, Any]], run_uri: str, run_key: str, aws: Any) -> dict[str, set[str]]:
+    """No (shard, attempt) became two jobs: each job name has one ARN, and the jobs Bedrock accepted for
+    this run are exactly the ones its ledgers record, one ledger entry each."""
+    jobs = created_jobs(calls, f"-{run_key[:8]}-")
+    twice = {name: arns for name, arns in jobs.items() if len(arns) > 1}
+    assert not twice, f"submitted twice: {twice}"
+    recorded = ledger_jobs(run_uri, aws)
+    assert set(jobs) == set(recorded), (
+        f"jobs without a ledger entry: {sorted(set(jobs) - set(recorded))}; "
+        f"ledger entries Bedrock never accepted: {sorted(set(recorded) - set(jobs))}"
+    )
+    return jobs
+
+
+def assert_every_row_once(output: pl.DataFrame, record_ids: Iterable[str]) -> None:
+    """The output has exactly one row per input row, and a row has a result or a named error."""
+    expected = sorted(record_ids)
+    assert output.height == len(expected), f"{output.height} output rows for {len(expected)} input rows"
+    assert output["record_id"].n_unique() == output.height, "a record_id appears twice in the output"
+    assert sorted(output["record_id"].to_list()) == expected
+    value = "embedding" if "embedding" in output.columns else "response"
+    neither = output.filter(pl.col(value).is_null() & pl.col("error_code").is_null())
+    assert neither.is_empty(), f"{neither.height} row(s) have neither a result nor an error_code"
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        pause.wait(every)
+
+
+def flow_run_logs(flow_run_id: Any) -> list[str]:
+    """The messages the run (and its tasks) sent to the Prefect API, as the UI shows them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+        out = [log.message for log in logs]
+        while len(logs) == 200:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                    limit=200, offset=len(out))
+            out += [log.message for log in logs]
+    return out

@@ -1,0 +1,350 @@
+"""The fault matrix (issue 6): each fault the emulator can inject, through the real flow.
+
+Every case checks the same four promises, whatever went wrong:
+- every input row is in the output exactly once (a result, or a named `error_code`);
+- no (shard, attempt) became two Bedrock jobs (the emulator's call record against the run's ledgers);
+- the error is named where a user looks: the output columns, the run's logs, the run's state;
+- no slot of the model's concurrency limit is left taken.
+
+The emulator runs at a tiny time scale (a 100-record job takes ~0.1 s), so waits are on conditions and
+the flow's poll interval is a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from tests.e2e.helpers import (
+    assert_every_row_once,
+    assert_submitted_once,
+    flow_run_logs,
+    read_output,
+)
+
+pytestmark = pytest.mark.e2e
+
+CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+ROLE = "arn:aws:iam::123456789012:role/BedrockBatchRole"
+
+
+@dataclass
+class Run:
+    """One finished flow run, seen from outside: its Prefect state, config, output and logs."""
+
+    state: Any
+    cfg: Any
+    calls: list[dict[str, Any]]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.state.is_failed())
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.state.result()
+
+    @property
+    def output(self) -> pl.DataFrame:
+        return read_output(self.cfg.run_uri + "/results/", self.cfg.aws)
+
+    @property
+    def logs(self) -> list[str]:
+        return flow_run_logs(self.state.state_details.flow_run_id)
+
+    def log_text(self) -> str:
+        return "\n".join(self.logs)
+
+
+@pytest.fixture
+def faults(emulator: Any) -> Iterator[Callable[..., None]]:
+    """Set emulator knobs for one test (`faults(throttle_rate=0.3)`); the session profile comes back after."""
+    base = emulator.profile
+
+    def apply(**changes: Any) -> None:
+        emulator.set_profile(base.replace(**changes))
+
+    yield apply
+    emulator.set_profile(base)
+
+
+@pytest.fixture
+def bucket(local_aws: Any) -> str:
+    from tasks.aws import client
+
+    name = f"faults-{uuid.uuid4().hex[:10]}"
+    client("s3", local_aws).create_bucket(Bucket=name)
+    return name
+
+
+def write_topics(path: Path, rows: int) -> list[str]:
+    """A CSV of `rows` topics with explicit ids; returns the ids."""
+    ids = [f"r-{i:05d}" for i in range(rows)]
+    pl.DataFrame({"record_id": ids, "topic": [f"topic number {i}" for i in range(rows)]}).write_csv(path)
+    return ids
+
+
+@pytest.fixture
+def topics(tmp_path: Path) -> tuple[Path, list[str]]:
+    """400 rows: four 100-record shards."""
+    path = tmp_path / "topics.csv"
+    return path, write_topics(path, 400)
+
+
+def flow_params(bucket: str, input_path: Path, prefix: str, **overrides: Any) -> dict[str, Any]:
+    """Small, fast settings: 100-record jobs, 4 slots, polls a fifth of a second apart."""
+    return {
+        "model_id": CLAUDE, "input_path": str(input_path), "prompt_id": "joke_about_topic",
+        "job_name_prefix": prefix, "output_uri": f"s3://{bucket}/runs", "role_arn": ROLE,
+        "min_records_per_job": 100, "max_records_per_job": 100, "max_concurrent_jobs": 4,
+        "max_job_attempts": 3, "poll_interval_s": 0.2, **overrides,
+    }
+
+
+def job_stem(params: dict[str, Any], shard: int, attempt: int | None = None) -> str:
+    """The part of a job's name that picks one shard (and attempt) of this run: `<key8>-0002-a1-`.
+
+    Fault knobs (`fail_jobs_matching`...) match on it, so a fault hits this run and no other."""
+    from tasks.config import config_from_params
+
+    stem = f"{config_from_params(params).key[:8]}-{shard:04d}-"
+    return stem + (f"a{attempt}-" if attempt is not None else "")
+
+
+def run_flow(emulator: Any, params: dict[str, Any]) -> Run:
+    """The flow in this process, on the session's Prefect API and the emulator."""
+    from flows.batch_inference import batch_inference
+    from tasks.config import config_from_params
+
+    before = len(emulator.calls())
+    state = batch_inference(**params, return_state=True)
+    return Run(state=state, cfg=config_from_params(params), calls=emulator.calls()[before:])
+
+
+def assert_promises(run: Run, ids: list[str]) -> pl.DataFrame:
+    """The four promises every case keeps; returns the output for the case's own checks."""
+    from tasks.concurrency import active_slots, limit_name
+
+    output = run.output
+    assert_every_row_once(output, ids)
+    assert_submitted_once(run.calls, run.cfg.run_uri, run.cfg.key, run.cfg.aws)
+    assert active_slots(limit_name(run.cfg.model_id, run.cfg.aws.region)) == 0
+    return output
+
+
+def replies_name_their_topic(output: pl.DataFrame) -> bool:
+    ok = output.filter(pl.col("error_code").is_null())
+    return bool(ok.select(pl.col("response").str.contains(pl.col("topic"), literal=True).all()).item())
+
+
+# ---------------------------------------------------------------------------------------- 1. throttling
+
+
+def test_throttled_control_plane_calls_are_retried_and_the_run_completes(
+    prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str, topics: tuple[Path, list[str]],
+) -> None:
+    path, ids = topics
+    faults(throttle_rate={"CreateModelInvocationJob": 0.3, "GetModelInvocationJob": 0.3,
+                          "ListModelInvocationJobs": 0.3})
+    run = run_flow(emulator, flow_params(bucket, path, "throttle"))
+
+    assert run.state.is_completed(), run.state.message
+    output = assert_promises(run, ids)
+    assert output["error_code"].null_count() == output.height
+    assert replies_name_their_topic(output)
+    throttled = [c["operation"] for c in run.calls if c["status_code"] == 429]
+    assert "CreateModelInvocationJob" in throttled and "GetModelInvocationJob" in throttled, throttled
+    assert run.summary["jobs_submitted"] == 4
+
+
+# --------------------------------------------------------------------------------------------- 2. quota
+
+
+def test_quota_held_by_jobs_of_others_makes_the_run_wait_then_complete(
+    prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str, topics: tuple[Path, list[str]],
+) -> None:
+    path, ids = topics
+    # Four foreign jobs fill the quota of four for ~1 s (10,000 emulated seconds at the tests' time scale).
+    faults(quota=4, foreign_jobs={CLAUDE: 4}, foreign_job_duration_s=10_000)
+    run = run_flow(emulator, flow_params(bucket, path, "quota"))
+
+    assert run.state.is_completed(), run.state.message
+    output = assert_promises(run, ids)
+    assert output["error_code"].null_count() == output.height
+    refused = [c for c in run.calls if c["operation"] == "CreateModelInvocationJob" and c["status_code"] == 400]
+    assert refused, "no Create was refused: the quota knob did not bite"
+    assert any("quota full" in line and "ServiceQuotaExceededException" in line for line in run.logs)
+    assert run.summary["jobs_submitted"] == 4
+
+
+# ----------------------------------------------------------------------------------------- 3. failed job
+
+
+def test_a_job_failing_every_attempt_fails_the_run_naming_job_and_message_and_keeps_other_shards(
+    prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str, topics: tuple[Path, list[str]],
+) -> None:
+    from emulator.profile import DEFAULT_FAILURE_MESSAGE
+
+    path, ids = topics
+    params = flow_params(bucket, path, "failing", max_job_attempts=2)
+    faults(fail_jobs_matching=job_stem(params, 2))  # every attempt of shard 2: its role "cannot read"
+    run = run_flow(emulator, params)
+
+    assert run.failed
+    output = assert_promises(run, ids)
+    created = sorted(n for n in assert_submitted_once(run.calls, run.cfg.run_uri, run.cfg.key, run.cfg.aws)
+                     if job_stem(params, 2) in n)
+    assert [n.split("-")[-2] for n in created] == ["a1", "a2"], created  # resubmitted once, new name
+    last_job = created[-1]
+    # The run's state names the job and Bedrock's message.
+    assert last_job in run.state.message and "could not access the input data" in run.state.message
+    # The rows of the failed shard say so; the other shards' rows kept their replies.
+    failed_rows = output.filter(pl.col("record_id").is_in(ids[100:200]))
+    assert failed_rows["error_code"].unique().to_list() == ["job_failed"]
+    assert failed_rows["error_message"].str.contains(DEFAULT_FAILURE_MESSAGE, literal=True).all()
+    assert failed_rows["error_message"].str.contains(last_job, literal=True).all()
+    done = output.filter(~pl.col("record_id").is_in(ids[100:200]))
+    assert done.height == 300 and done["error_code"].null_count() == 300 and replies_name_their_topic(done)
+    # The logs tell the story: the resubmission, then the final failure.
+    text = run.log_text()
+    assert "resubmitting as attempt 2" in text and f"{last_job} ended Failed" in text
+    # A job that failed every attempt is not retried again as a repair job: no other job was created.
+    assert len(assert_submitted_once(run.calls, run.cfg.run_uri, run.cfg.key, run.cfg.aws)) == 5
+
+
+# -------------------------------------------------------------------------------------------- 4. expired
+
+
+def test_an_expired_job_is_resubmitted_under_a_new_name(
+    prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str, topics: tuple[Path, list[str]],
+) -> None:
+    path, ids = topics
+    params = flow_params(bucket, path, "expiring")
+    faults(expire_jobs_matching=job_stem(params, 2, attempt=1))
+    run = run_flow(emulator, params)
+
+    assert run.state.is_completed(), run.state.message
+    output = assert_promises(run, ids)
+    assert output["error_code"].null_count() == output.height and replies_name_their_topic(output)
+    jobs = assert_submitted_once(run.calls, run.cfg.run_uri, run.cfg.key, run.cfg.aws)
+    assert sorted(n.split("-")[-2] for n in jobs if job_stem(params, 2) in n) == ["a1", "a2"]
+    assert "ended Expired" in run.log_text() and "resubmitting as attempt 2" in run.log_text()
+
+
+# ---------------------------------------------------------------------------------- 5. partially completed
+
+
+def test_a_partially_completed_job_keeps_its_outputs_and_the_rest_is_repaired(
+    prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str, topics: tuple[Path, list[str]],
+) -> None:
+    path, ids = topics
+    params = flow_params(bucket, path, "partial")
+    faults(partial_jobs_matching=job_stem(params, 2, attempt=1))
+    run = run_flow(emulator, params)
+
+    assert run.state.is_completed(), run.state.message
+    output = assert_promises(run, ids)
+    assert output["error_code"].null_count() == output.height and replies_name_their_topic(output)
+    shard = next(j for j in results_manifest(run)["jobs"] if j["shard"] == "shard-0002")
+    assert shard["status"] == "PartiallyCompleted" and 0 < shard["ok"] < 100
+    # Only the records the job did not process were run again; the others kept their outputs.
+    assert run.summary["repaired"] == 100 - shard["ok"]
+    jobs = assert_submitted_once(run.calls, run.cfg.run_uri, run.cfg.key, run.cfg.aws)
+    assert len([n for n in jobs if job_stem(params, 2) in n]) == 1  # kept, not resubmitted whole
+
+
+def results_manifest(run: Run) -> dict[str, Any]:
+    import json
+
+    from tasks.aws import client, split_s3_uri
+
+    bucket, key = split_s3_uri(run.cfg.run_uri + "/results/manifest.json")
+    return json.loads(client("s3", run.cfg.aws).get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+# -------------------------------------------------------------------------------------- 6. record errors
+
+
+def test_retryable_record_errors_are_repaired_and_the_others_are_named_in_the_output(
+    prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str, topics: tuple[Path, list[str]],
+) -> None:
+    path, ids = topics
+    faults(record_error_rate=0.05, retryable_error_share=0.5)
+    run = run_flow(emulator, flow_params(bucket, path, "rec-errors"))
+
+    assert run.state.is_completed(), run.state.message
+    output = assert_promises(run, ids)
+    errors = output.filter(pl.col("error_code").is_not_null())
+    # What stays in error is what a retry cannot fix: Bedrock's 400, with its message.
+    assert errors.height > 0 and errors["error_code"].unique().to_list() == ["400"]
+    assert errors["error_message"].str.starts_with("Malformed input request").all()
+    assert run.summary["repaired"] > 0 and run.summary["errors_by_code"] == {"400": errors.height}
+    assert replies_name_their_topic(output)
+    assert f"'400': {errors.height}" in run.log_text()
+
+
+# ------------------------------------------------------------------------------------ 7. broken outputs
+
+
+@pytest.fixture
+def broken_outputs(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Damage what the emulator writes for this run's jobs: shard 1 gets three truncated lines, shard 2
+    loses its `.jsonl.out`, shard 3 its `manifest.json.out` (as a flaky writer or a lifecycle rule might)."""
+    import emulator.jobs
+    from emulator.processing import split_uri, write_outputs
+
+    stem: list[str] = []
+
+    def damaged(s3: Any, output_uri: str, job_id: str, *args: Any, **kwargs: Any) -> dict[str, int]:
+        manifest = write_outputs(s3, output_uri, job_id, *args, **kwargs)
+        if not stem or stem[0] not in output_uri:
+            return manifest
+        bucket, prefix = split_uri(output_uri)
+        base = f"{prefix.rstrip('/')}/{job_id}"
+        if "/jobs/shard-0001/" in output_uri:
+            key = f"{base}/shard-0001.jsonl.out"
+            lines = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
+            lines[:3] = [line[: len(line) // 2] for line in lines[:3]]
+            s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
+        elif "/jobs/shard-0002/" in output_uri:
+            s3.delete_object(Bucket=bucket, Key=f"{base}/shard-0002.jsonl.out")
+        elif "/jobs/shard-0003/" in output_uri:
+            s3.delete_object(Bucket=bucket, Key=f"{base}/manifest.json.out")
+        return manifest
+
+    monkeypatch.setattr(emulator.jobs, "write_outputs", damaged)
+    return stem.append
+
+
+def test_malformed_lines_a_missing_output_file_and_a_missing_manifest_are_reported_and_rows_marked(
+    prefect_api: str, emulator: Any, bucket: str, topics: tuple[Path, list[str]],
+    broken_outputs: Callable[[str], None],
+) -> None:
+    from tasks.config import config_from_params
+
+    path, ids = topics
+    params = flow_params(bucket, path, "broken", repair_failed=False)  # keep the marks to look at them
+    broken_outputs(config_from_params(params).run_uri)
+    run = run_flow(emulator, params)
+
+    assert run.state.is_completed(), run.state.message
+    output = assert_promises(run, ids)
+    codes = dict(output.group_by("error_code").len().iter_rows())
+    assert codes == {None: 297, "malformed_output": 3, "missing": 100}, codes
+    malformed = output.filter(pl.col("error_code") == "malformed_output")
+    assert malformed["record_id"].is_in(ids[:100]).all()
+    assert malformed["error_message"].str.starts_with("malformed output line: ").all()
+    assert output.filter(pl.col("error_code") == "missing")["record_id"].sort().to_list() == ids[100:200]
+    assert run.summary["errors_by_code"] == {"malformed_output": 3, "missing": 100}
+    text = run.log_text()
+    assert "shard-0001: 3 malformed output line(s)" in text
+    assert "shard-0002: missing output file shard-0002.jsonl.out" in text
+    assert "shard-0003: missing manifest.json.out" in text
+    problems = {j["shard"]: j["problems"] for j in results_manifest(run)["jobs"]}
+    assert problems["shard-0004"] == [] and all(problems[s] for s in ("shard-0001", "shard-0002", "shard-0003"))
