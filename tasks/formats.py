@@ -451,14 +451,15 @@ def parse_output_bytes(data: bytes, family: ModelFamily) -> pl.DataFrame:
     line, in which case the file is split into lines and parsed line-wise (same result either way).
     """
     dtype = _line_dtype(family)
+    blank = not data or data.isspace()  # stops at the first other byte: no copy, no full scan
     try:
-        decoded = pl.read_ndjson(data, schema=dtype.to_schema()) if data.strip() else None
+        decoded = None if blank else pl.read_ndjson(data, schema=dtype.to_schema())
     except pl.exceptions.PolarsError:
         decoded = None
     if decoded is not None and decoded.get_column("recordId").null_count() == 0:
         frame = decoded.select(pl.lit(None, dtype=pl.String).alias("line"), pl.struct(pl.all()).alias("_d"))
         return _results(frame, family)
-    lines = pl.read_lines(data, name="line") if data.strip() else pl.DataFrame(schema={"line": pl.String})
+    lines = pl.DataFrame(schema={"line": pl.String}) if blank else pl.read_lines(data, name="line")
     return parse_output_lines(lines, family, suspect=decoded is None)
 
 

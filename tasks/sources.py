@@ -81,16 +81,13 @@ def load_source(spec: SourceSpec, aws: AwsSettings | None = None) -> pl.LazyFram
     return with_record_id(lf, spec.record_id_column, source=spec.describe())
 
 
-def with_record_id(
-    lf: pl.LazyFrame, record_id_column: str = RECORD_ID, *, source: str = "input"
-) -> pl.LazyFrame:
+def with_record_id(lf: pl.LazyFrame, record_id_column: str = RECORD_ID, *, source: str = "input") -> pl.LazyFrame:
     """Keep the id column (as Utf8 `record_id`) or assign deterministic positional ids."""
     names = lf.collect_schema().names()
     if record_id_column in names:
         if record_id_column != RECORD_ID and RECORD_ID in names:
             raise SourceError(
-                f"{source} has both {record_id_column!r} (the chosen id column) and {RECORD_ID!r}; "
-                f"rename one of them"
+                f"{source} has both {record_id_column!r} (the chosen id column) and {RECORD_ID!r}; rename one of them"
             )
         return lf.with_columns(pl.col(record_id_column).cast(pl.String).alias(RECORD_ID))
     if record_id_column != RECORD_ID:
@@ -129,17 +126,10 @@ def check_ids(lf: pl.LazyFrame, n: int, null_ids: int, duplicated: int, *, sourc
     if n == 0:
         raise SourceError(f"{source} has no rows: nothing to run")
     if null_ids:
-        raise SourceError(
-            f"{source}: {null_ids} row(s) have a null or empty {RECORD_ID}; every row needs an id"
-        )
+        raise SourceError(f"{source}: {null_ids} row(s) have a null or empty {RECORD_ID}; every row needs an id")
     if duplicated:
         examples = (
-            lf.group_by(RECORD_ID)
-            .agg(pl.len().alias("n"))
-            .filter(pl.col("n") > 1)
-            .sort(RECORD_ID)
-            .head(5)
-            .collect()
+            lf.group_by(RECORD_ID).agg(pl.len().alias("n")).filter(pl.col("n") > 1).sort(RECORD_ID).head(5).collect()
         )
         shown = ", ".join(f"{r!r} x{c}" for r, c in examples.iter_rows())
         raise SourceError(
@@ -162,10 +152,9 @@ def _explain_read_error(exc: Exception, source: str) -> Exception:
 
 
 def _format_of(name: str, wanted: str | None) -> str | None:
+    """The file's format from its extension (None: not a data file, or not the wanted format)."""
     fmt = _EXTENSIONS.get(Path(name).suffix.lower())
-    if wanted is not None:
-        return wanted if fmt in (wanted, None) or Path(name).suffix == "" else None
-    return fmt
+    return fmt if wanted is None or fmt == wanted else None
 
 
 def _pick(files: list[str], wanted: str | None, where: str) -> list[tuple[str, str]]:
@@ -339,9 +328,7 @@ def load_hf_dataset(dataset_id: str, split: str) -> Any:
             loaded = datasets.load_from_disk(str(local))
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
-                    raise SourceError(
-                        f"dataset {dataset_id!r} has no split {split!r}; splits: {list(loaded)}"
-                    )
+                    raise SourceError(f"dataset {dataset_id!r} has no split {split!r}; splits: {list(loaded)}")
                 loaded = loaded[split]
             return loaded
         return datasets.load_dataset(dataset_id, split=split)
