@@ -1,0 +1,270 @@
+"""Run the benchmarks at N rows: `python -m bench.run --rows N [--json]`.
+
+Stages (each timed in a fresh subprocess, the endpoint in another process):
+  prepare   SimpleCoT rows -> question_answering prompts -> Claude bodies -> JSONL shards on the endpoint
+  collect   the first `--collect-shards` shards run as real emulator jobs; `.jsonl.out` -> joined Parquet
+  titan     `--titan-rows` embedding texts through Titan V2 at 1024 dims, then collect
+  floors    the same bytes through Polars I/O only (see bench/stages.py), in the same run
+  memory    prepare's peak RSS at each of `--memory-rows` (e.g. 1100000,2200000,4400000)
+  makespan  the planner vs fixed slicing vs the lower bound (bench/makespan.py); with `--flow-rows`, the
+            real flow on the emulator with scaled time (bench/flow_run.py)
+Prints a human table on stderr and (with --json) one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from bench import datagen, makespan
+from bench.common import BUCKET, PYTHON, REPO, Endpoint, endpoint, machine, run_stage
+
+FAST_JOBS = {"time_scale": 1e-6, "metrics_interval_s": 1e9}
+
+
+def _aws(server: Endpoint) -> Any:
+    os.environ.update(server.env())
+    from tasks.aws import AwsSettings, client
+
+    settings = AwsSettings.from_env()
+    s3 = client("s3", settings)
+    try:
+        s3.create_bucket(Bucket=BUCKET)
+    except Exception:  # already there
+        pass
+    return settings
+
+
+def run_jobs(server: Endpoint, shards: list[dict[str, Any]], model_id: str, run_uri: str) -> list[dict[str, Any]]:
+    """Real emulator jobs on the given prepared shards; wait for all of them; where their outputs are."""
+    from tasks.aws import client
+
+    bedrock = client("bedrock", _aws(server))
+    stamp = int(time.time() * 1000) % 10**9
+    arns = []
+    for shard in shards:
+        out = f"{run_uri}/jobs/{shard['name']}/"
+        arn = bedrock.create_model_invocation_job(
+            jobName=f"bench-{stamp}-{shard['name']}",
+            roleArn="arn:aws:iam::123456789012:role/BedrockBatchInferenceRole",
+            modelId=model_id,
+            inputDataConfig={"s3InputDataConfig": {"s3Uri": shard["input_uri"], "s3InputFormat": "JSONL"}},
+            outputDataConfig={"s3OutputDataConfig": {"s3Uri": out}},
+        )["jobArn"]
+        arns.append((shard, arn, out))
+    jobs = []
+    for shard, arn, out in arns:
+        while (status := bedrock.get_model_invocation_job(jobIdentifier=arn)["status"]) not in (
+            "Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired",
+        ):
+            time.sleep(0.2)
+        if status != "Completed":
+            raise RuntimeError(f"bench job for {shard['name']} ended {status}")
+        job_id = arn.rsplit("/", 1)[-1]
+        input_file = shard["input_uri"].rsplit("/", 1)[-1]
+        jobs.append({
+            "name": shard["name"],
+            "output_prefix_uri": f"{out}{job_id}/",
+            "output_uri": f"{out}{job_id}/{input_file}.out",
+            "snapshot_uri": shard["snapshot_uri"],
+            "input_file_name": input_file,
+            "records": shard["records"],
+        })
+    return jobs
+
+
+def _output_bytes(server: Endpoint, jobs: list[dict[str, Any]]) -> int:
+    from tasks.aws import AwsSettings, client, split_s3_uri
+
+    s3 = client("s3", AwsSettings.from_env())
+    total = 0
+    for job in jobs:
+        bucket, key = split_s3_uri(job["output_uri"])
+        total += int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+    return total
+
+
+def bench_prepare(server: Endpoint, rows: int, tag: str) -> dict[str, Any]:
+    _aws(server)
+    data = datagen.ensure("simplecot", rows)
+    run_uri = f"s3://{BUCKET}/{tag}/claude-{rows}"
+    result = run_stage("prepare", {"model": "claude", "data": str(data), "run_uri": run_uri}, server.env())
+    floor = run_stage(
+        "prepare_floor",
+        {"data": str(data), "run_uri": run_uri, "shard_bytes": result["shard_bytes"],
+         "shard_records": result["shard_records"]},
+        server.env(),
+    )
+    result["floor"] = floor
+    return result
+
+
+def bench_collect(server: Endpoint, prepared: dict[str, Any], model: str, shards: int, tag: str) -> dict[str, Any]:
+    from bench.stages import MODELS
+
+    run_uri = prepared["shards"][0]["input_uri"].rsplit("/input/", 1)[0]
+    t0 = time.perf_counter()
+    jobs = run_jobs(server, prepared["shards"][:shards], MODELS[model], run_uri)
+    job_s = time.perf_counter() - t0
+    result = run_stage("collect", {"model": model, "jobs": jobs, "run_uri": f"{run_uri}/{tag}"}, server.env())
+    floor = run_stage(
+        "collect_floor", {"jobs": jobs, "part_bytes": result["part_bytes"], "run_uri": f"{run_uri}/{tag}"},
+        server.env(),
+    )
+    result.update(floor=floor, emulator_job_seconds=job_s, output_bytes=_output_bytes(server, jobs))
+    return result
+
+
+def bench_titan(server: Endpoint, rows: int, tag: str) -> dict[str, Any]:
+    _aws(server)
+    data = datagen.ensure("embeddings", rows)
+    run_uri = f"s3://{BUCKET}/{tag}/titan-{rows}"
+    prepared = run_stage("prepare", {"model": "titan", "data": str(data), "run_uri": run_uri}, server.env())
+    return bench_collect(server, prepared, "titan", len(prepared["shards"]), "collect")
+
+
+def bench_flow(rows: int, slots: int, poll_s: float) -> dict[str, Any]:
+    import subprocess
+
+    proc = subprocess.run(
+        [PYTHON, "-m", "bench.flow_run", "--rows", str(rows), "--slots", str(slots), "--poll-interval-s", str(poll_s)],
+        cwd=REPO, capture_output=True, text=True, timeout=3600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"flow run failed:\n{proc.stderr[-4000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def summarize(res: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows": res["rows"], "machine": res["machine"]}
+    p = res.get("prepare")
+    if p:
+        out.update(
+            prepare_rows_per_s=p["rows"] / p["seconds"],
+            prepare_mb_per_s=p["jsonl_bytes"] / 1e6 / p["seconds"],
+            prepare_seconds=p["seconds"],
+            prepare_floor_seconds=p["floor"]["seconds"],
+            prepare_vs_floor=p["seconds"] / p["floor"]["seconds"],
+            prepare_peak_rss_mb=p["peak_rss_mb"],
+            prepare_jsonl_mb=p["jsonl_bytes"] / 1e6,
+            prepare_plan=p["plan"],
+        )
+    for key, name in (("collect", "collect"), ("titan", "titan_collect")):
+        c = res.get(key)
+        if c:
+            out.update({
+                f"{name}_rows": c["rows"],
+                f"{name}_rows_per_s": c["rows"] / c["seconds"],
+                f"{name}_mb_per_s": c["output_bytes"] / 1e6 / c["seconds"],
+                f"{name}_seconds": c["seconds"],
+                f"{name}_floor_seconds": c["floor"]["seconds"],
+                f"{name}_vs_floor": c["seconds"] / c["floor"]["seconds"],
+                f"{name}_peak_rss_mb": c["peak_rss_mb"],
+                f"{name}_output_mb": c["output_bytes"] / 1e6,
+            })
+    out["peak_rss_mb"] = max(
+        [v for k, v in out.items() if k.endswith("_peak_rss_mb") and not k.startswith("titan")] or [0.0]
+    )
+    if res.get("memory"):
+        out["memory_peak_rss_mb"] = {str(k): v["peak_rss_mb"] for k, v in res["memory"].items()}
+        out["memory_rows_per_s"] = {str(k): v["rows"] / v["seconds"] for k, v in res["memory"].items()}
+    m = res["makespan"]
+    out["planner"] = m
+    out["makespan_vs_lower_bound"] = m["balanced"]["vs_lower_bound"]
+    out["makespan_source"] = "simulation"
+    out["refill_delay_s"] = 0.0
+    if res.get("flow"):
+        f = res["flow"]
+        out.update(
+            makespan_vs_lower_bound=f["makespan_vs_lower_bound"],
+            makespan_source="flow on the emulator",
+            refill_delay_s=f["refill_delay_max_s"],
+            flow=f,
+        )
+    out["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def table(s: dict[str, Any]) -> str:
+    rows = [("figure", "value", "target")]
+
+    def add(name: str, key: str, fmt: str, target: str = "") -> None:
+        if key in s:
+            rows.append((name, format(s[key], fmt), target))
+
+    add("prepare rows/s", "prepare_rows_per_s", ",.0f")
+    add("prepare JSONL MB/s", "prepare_mb_per_s", ",.1f")
+    add("prepare vs floor", "prepare_vs_floor", ".2f", "<= 2")
+    add("prepare peak RSS MB", "prepare_peak_rss_mb", ",.0f", "< 2048 at 2.2M")
+    add("collect rows/s (Claude)", "collect_rows_per_s", ",.0f")
+    add("collect vs floor", "collect_vs_floor", ".2f", "<= 2")
+    add("collect peak RSS MB", "collect_peak_rss_mb", ",.0f")
+    add("Titan 1024 collect rows/s", "titan_collect_rows_per_s", ",.0f")
+    add("Titan collect vs floor", "titan_collect_vs_floor", ".2f", "<= 3")
+    for n, mb in (s.get("memory_peak_rss_mb") or {}).items():
+        rows.append((f"prepare peak RSS MB at {int(n):,}", f"{mb:,.0f}", ""))
+    add("makespan vs lower bound", "makespan_vs_lower_bound", ".3f", "<= 1.05")
+    add("refill delay s (max)", "refill_delay_s", ".2f", "<= poll interval")
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--json", action="store_true", help="print the JSON object on stdout")
+    parser.add_argument("--collect-shards", type=int, default=2)
+    parser.add_argument("--titan-rows", type=int, default=None, help="default: min(rows, 20000)")
+    parser.add_argument("--memory-rows", default="", help="comma-separated row counts for the RSS curve")
+    parser.add_argument("--flow-rows", type=int, default=0, help="run the real flow at this size (0: skip)")
+    parser.add_argument("--flow-slots", type=int, default=20)
+    parser.add_argument("--poll-interval-s", type=float, default=2.0)
+    parser.add_argument("--stages", default="prepare,collect,titan,makespan")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    stages = set(args.stages.split(","))
+    tag = f"b{int(time.time())}"
+    res: dict[str, Any] = {"rows": args.rows, "machine": machine()}
+    if stages & {"prepare", "collect", "titan"}:
+        with endpoint(FAST_JOBS) as server:
+            if stages & {"prepare", "collect"}:
+                res["prepare"] = bench_prepare(server, args.rows, tag)
+            if "collect" in stages:
+                res["collect"] = bench_collect(server, res["prepare"], "claude", args.collect_shards, "collect")
+            if "titan" in stages:
+                res["titan"] = bench_titan(server, args.titan_rows or min(args.rows, 20_000), tag)
+            res["endpoint_peak_rss_mb"] = server.rss_mb()
+    if args.memory_rows:
+        res["memory"] = {}
+        for n in (int(x) for x in args.memory_rows.split(",")):
+            with endpoint(FAST_JOBS) as server:
+                _aws(server)
+                data = datagen.ensure("simplecot", n)
+                res["memory"][n] = run_stage(
+                    "prepare", {"model": "claude", "data": str(data), "run_uri": f"s3://{BUCKET}/{tag}/mem-{n}"},
+                    server.env(),
+                )
+    res["makespan"] = makespan.compare(2_200_000)
+    if args.flow_rows:
+        res["flow"] = bench_flow(args.flow_rows, args.flow_slots, args.poll_interval_s)
+    summary = summarize(res)
+    summary["raw"] = {k: v for k, v in res.items() if k not in ("rows", "machine", "makespan")}
+    for part in summary["raw"].values():
+        if isinstance(part, dict):
+            part.pop("shards", None)
+    print(table(summary), file=sys.stderr)
+    text = json.dumps(summary, indent=1, default=str)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    if args.json:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

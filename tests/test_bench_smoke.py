@@ -1,0 +1,25 @@
+"""Smoke check of the benchmark harness (not a benchmark): a tiny run finishes and reports every key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS = {
+    "prepare_rows_per_s", "prepare_vs_floor", "collect_rows_per_s", "collect_vs_floor", "titan_collect_vs_floor",
+    "peak_rss_mb", "makespan_vs_lower_bound", "refill_delay_s",
+}
+
+
+def test_bench_run_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--rows", "2000", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert set(result) >= KEYS, KEYS - set(result)
+    assert all(isinstance(result[k], int | float) for k in KEYS)
