@@ -43,6 +43,7 @@ class Profile:
     expire_rate: float = 0.0
     partial_rate: float = 0.0
     throttle_rate: float | dict[str, float] = 0.0
+    s3_error_rate: float = 0.0
     submit_s: float = 30.0
     validation_s: float = 300.0
     queue_s: float = 600.0

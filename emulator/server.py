@@ -7,6 +7,7 @@ here, every other AWS service by moto's server app, routed by the SigV4 credenti
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -26,6 +27,13 @@ from emulator.profile import Profile, load_profile
 REGION = "us-east-1"
 DUMMY_KEY = "testing"
 BEDROCK_SIGNING_NAMES = {"bedrock", "bedrock-runtime"}
+# The emulator's own S3 client (job input and output) says so in its User-Agent: `s3_error_rate` spares
+# it, as Bedrock's internal S3 access is not what a client's fault test is about.
+INTERNAL_AGENT = "bedrock-emulator-internal"
+S3_ERRORS = (
+    (500, "InternalError", "We encountered an internal error. Please try again."),
+    (503, "SlowDown", "Please reduce your request rate."),
+)
 
 
 def _signing_service(environ: dict[str, Any]) -> str | None:
@@ -61,6 +69,10 @@ class EmulatorServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="bedrock-emulator", daemon=True
         )
+        self._s3_lock = threading.Lock()
+        self._s3_rng = random.Random()
+        self._s3_errors: dict[str, int] = {}
+        self._reset_s3_faults()
 
     # --------------------------------------------------------------------------------------- lifecycle
     def start(self) -> EmulatorServer:
@@ -108,7 +120,8 @@ class EmulatorServer:
                     region_name=REGION,
                     aws_access_key_id=DUMMY_KEY,
                     aws_secret_access_key=DUMMY_KEY,
-                    config=Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32),
+                    config=Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32,
+                                  user_agent_extra=INTERNAL_AGENT),
                 )
             return self._clients[service]
 
@@ -116,7 +129,9 @@ class EmulatorServer:
         return self.api.calls.all()
 
     def stats(self) -> dict[str, Any]:
-        return self.engine.stats()
+        with self._s3_lock:
+            s3_errors = dict(self._s3_errors)
+        return {**self.engine.stats(), "s3_errors": s3_errors}
 
     @property
     def profile(self) -> Profile:
@@ -129,12 +144,37 @@ class EmulatorServer:
         """
         self.engine.set_profile(load_profile(profile))
         self.api.reset_throttling()
+        self._reset_s3_faults()
 
     def reset(self) -> None:
         """Forget jobs, the call log and stats; S3 data (moto) stays."""
         self.engine.reset()
         self.api.calls.clear()
         self.api.reset_throttling()
+        self._reset_s3_faults()
+
+    # -------------------------------------------------------------------------------------- S3 faults
+    def _reset_s3_faults(self) -> None:
+        with self._s3_lock:
+            self._s3_rng = random.Random(f"{self.engine.profile.seed}:s3")
+            self._s3_errors = {}
+
+    def _s3_fault(self, environ: dict[str, Any]) -> Response | None:
+        """A seeded 500 InternalError / 503 SlowDown for a client's S3 request, at `s3_error_rate`."""
+        rate = self.engine.profile.s3_error_rate
+        if rate <= 0 or INTERNAL_AGENT in environ.get("HTTP_USER_AGENT", ""):
+            return None
+        with self._s3_lock:
+            if self._s3_rng.random() >= rate:
+                return None
+            status, code, message = S3_ERRORS[self._s3_rng.random() < 0.5]
+            self._s3_errors[code] = self._s3_errors.get(code, 0) + 1
+        Request(environ).get_data()  # read the body, so the connection stays usable
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<RequestId>emulated-s3-fault</RequestId></Error>"
+        )
+        return Response(body, status, content_type="application/xml")
 
     # ----------------------------------------------------------------------------------------- routing
     def _app(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -144,6 +184,8 @@ class EmulatorServer:
         service = _signing_service(environ)
         if (service is None or service in BEDROCK_SIGNING_NAMES) and BEDROCK_PATH.match(path):
             return self.api(environ, start_response)
+        if service == "s3" and (fault := self._s3_fault(environ)) is not None:
+            return fault(environ, start_response)
         return self._moto(environ, start_response)
 
     def _admin(self, request: Request) -> Response:

@@ -147,3 +147,35 @@ def test_python_dash_m_emulator_serves_and_prints_its_settings():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_s3_error_rate_answers_client_requests_with_retryable_s3_errors(emulator, knobs, s3, bucket):
+    from botocore.exceptions import ClientError
+
+    s3.put_object(Bucket=bucket, Key="k", Body=b"v")
+    knobs(s3_error_rate=1.0, seed=1)
+    codes = []
+    for _ in range(8):
+        with pytest.raises(ClientError) as caught:
+            s3.get_object(Bucket=bucket, Key="k")  # the `s3` fixture's client does not retry
+        response = caught.value.response
+        codes.append((response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]))
+    assert set(codes) == {("InternalError", 500), ("SlowDown", 503)}
+    assert emulator.stats()["s3_errors"] == {code: codes.count((code, status)) for code, status in set(codes)}
+    # The emulator's own S3 access (what its jobs read and write) is spared.
+    assert emulator.client("s3").get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+    # Seeded: the same profile gives the same sequence of faults.
+    knobs(s3_error_rate=0.5, seed=1)
+    first = [_s3_ok(s3, bucket) for _ in range(20)]
+    knobs(s3_error_rate=0.5, seed=1)
+    assert [_s3_ok(s3, bucket) for _ in range(20)] == first and 0 < sum(first) < 20
+
+
+def _s3_ok(s3, bucket: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.head_object(Bucket=bucket, Key="k")
+        return True
+    except ClientError:
+        return False
