@@ -52,6 +52,7 @@ class RunConfig:
     max_records_per_job: int = 50_000
     min_records_per_job: int = 100
     max_concurrent_jobs: int = 20
+    max_record_bytes: int = 1_000_000
     max_job_attempts: int = 3
     timeout_hours: int = 72
     poll_interval_s: float = 300.0

@@ -40,6 +40,9 @@ PREPARED_MANIFEST = "prepared.json"
 # Internal column names, chosen so they cannot shadow an input column such as `prompt`.
 _PROMPT, _ERROR, _LINE, _BYTES, _TOKENS = "__prompt", "__input_error", "__line", "__line_bytes", "__tokens"
 _ROW_GROUP = 20_000
+# A request line above this is refused before anything is uploaded: 1 MB is ~250k tokens, more than any
+# supported model's context window, so such a record could only come back as a model error.
+MAX_RECORD_BYTES = 1_000_000
 # The local staging file is written once and read once per shard: favour speed (lz4). Snapshots go to
 # S3 and are read back by collect: zstd at level 1 is nearly as fast and a third smaller.
 _STAGING = {"compression": "lz4", "row_group_size": _ROW_GROUP}
@@ -180,6 +183,7 @@ def prepare_run(
     max_records_per_job: int | None = None,
     work_dir: str | Path | None = None,
     multipart_chunk_bytes: int = MULTIPART_CHUNK_BYTES,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> PreparedRun:
     """Turn source rows into uploaded shards (or an on-demand file) under `run_uri`.
 
@@ -224,6 +228,7 @@ def prepare_run(
         valid_mask = meta.get_column("ok").to_numpy()
         positions = np.flatnonzero(valid_mask)  # staged row of each valid row, in order
         sizes = meta.filter(pl.col("ok"))
+        check_record_sizes(sizes, max_record_bytes)
         offsets = np.concatenate(([0], np.cumsum(sizes.get_column(_BYTES).to_numpy(), dtype=np.int64)))
         plan = plan_shards(
             sizes.get_column(_BYTES),
@@ -305,6 +310,19 @@ def prepare_run(
                 future.result()
         _put_json(join_s3(run_uri, PREPARED_MANIFEST), run.to_dict(), aws)
     return run
+
+
+def check_record_sizes(rows: pl.DataFrame, max_record_bytes: int) -> None:
+    """Refuse the run, naming records, when a request line (`__line_bytes`) is over the per-record limit."""
+    over = rows.filter(pl.col(_BYTES) > max_record_bytes).sort(_BYTES, descending=True)
+    if over.is_empty():
+        return
+    ids = ", ".join(repr(i) for i in over.get_column(RECORD_ID).head(3).to_list())
+    raise SourceError(
+        f"{over.height:,} record(s) are over the per-record limit of {max_record_bytes:,} bytes per request "
+        f"(e.g. {ids}; the largest is {over.get_column(_BYTES).max():,} bytes): shorten or split their text, "
+        f"or raise max_record_bytes if the model's context window allows"
+    )
 
 
 def _put_json(uri: str, data: dict[str, Any], aws: AwsSettings) -> None:

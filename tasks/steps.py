@@ -104,6 +104,9 @@ def quotas(cfg: RunConfig) -> Quotas:
 def prepare(cfg: RunConfig) -> PreparedRun:
     """Read the source, render prompts, plan shards, write JSONL + snapshots to S3."""
     log = _log()
+    if cfg.prefix != cfg.job_name_prefix:
+        log.warning("job_name_prefix %r becomes %r: Bedrock job names take letters, digits, '-', '+' and '.' "
+                    "only, starting with a letter or digit", cfg.job_name_prefix, cfg.prefix)
     family, template, settings = resolve(cfg)
     source = load_source(
         SourceSpec(s3_uri=cfg.s3_uri, input_path=cfg.input_path, dataset_id=cfg.dataset_id, split=cfg.split,
@@ -113,6 +116,7 @@ def prepare(cfg: RunConfig) -> PreparedRun:
     prepared = prepare_run(
         source, family=family, settings=settings, template=template, run_uri=cfg.run_uri, aws=cfg.aws,
         quotas=quotas(cfg), input_column=cfg.input_column, max_num_jobs=cfg.max_num_jobs,
+        max_record_bytes=cfg.max_record_bytes,
     )
     log.info("prepared %s rows: %d shard(s), %d wave(s)%s%s", f"{prepared.total_rows:,}", len(prepared.shards),
              prepared.plan.waves, ", on-demand (fewer rows than the job minimum)" if prepared.plan.on_demand else "",
@@ -133,7 +137,8 @@ def estimate_run(prepared: PreparedRun, cfg: RunConfig) -> Any:
         input_tokens=prepared.estimated_input_tokens,
         max_output_tokens=settings.max_tokens if resolve_family(cfg.model_id, cfg.invocation_type).kind == "text"
         else 0,
-        n_shards=len(prepared.shards),
+        # Rows under the job minimum go on-demand (no shard): forecast them as one job's worth.
+        n_shards=max(len(prepared.shards), 1 if prepared.plan.on_demand and prepared.plan.total_records else 0),
         slots=cfg.max_concurrent_jobs,
         min_records_per_job=cfg.min_records_per_job,
         max_records_per_job=cfg.max_records_per_job,
@@ -183,7 +188,7 @@ def repair(
         rep = prepare_run(
             pending.lazy(), family=family, settings=settings, template=template,
             run_uri=join_s3(cfg.run_uri, f"repair-{round_no}"), aws=cfg.aws, quotas=quotas(cfg),
-            input_column=cfg.input_column,
+            input_column=cfg.input_column, max_record_bytes=cfg.max_record_bytes,
         )
         if rep.plan.on_demand:
             done = serve_on_demand(rep, cfg, family, settings)

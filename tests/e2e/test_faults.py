@@ -348,3 +348,107 @@ def test_malformed_lines_a_missing_output_file_and_a_missing_manifest_are_report
     assert "shard-0003: missing manifest.json.out" in text
     problems = {j["shard"]: j["problems"] for j in results_manifest(run)["jobs"]}
     assert problems["shard-0004"] == [] and all(problems[s] for s in ("shard-0001", "shard-0002", "shard-0003"))
+
+
+# ------------------------------------------------------------------------------------------ 10. bad input
+
+
+def _csv(path: Path, frame: pl.DataFrame) -> Path:
+    frame.write_csv(path)
+    return path
+
+
+def _topics_frame(rows: int, column: str = "topic") -> pl.DataFrame:
+    return pl.DataFrame({"record_id": [f"r-{i:05d}" for i in range(rows)],
+                         column: [f"topic number {i}" for i in range(rows)]})
+
+
+def _latin1_csv(path: Path) -> Path:
+    path.write_bytes(b"record_id,topic\n" + "".join(
+        f"r-{i:05d},caf\u00e9 number {i}\n" for i in range(150)).encode("latin-1"))
+    return path
+
+
+def _oversized(path: Path) -> Path:
+    frame = _topics_frame(200).with_columns(
+        pl.when(pl.col("record_id") == "r-00007").then(pl.lit("x" * 1_100_000)).otherwise(pl.col("topic"))
+        .alias("topic"))
+    return _csv(path, frame)
+
+
+# case -> (write the input, flow overrides, fragments the error must contain)
+BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], dict[str, Any], list[str]]] = {
+    "missing template key": (lambda p: _csv(p, _topics_frame(150, column="subject")), {},
+                             ["'topic'", "subject", "joke_about_topic"]),
+    "empty dataset": (lambda p: _csv(p, _topics_frame(0)), {}, ["no rows"]),
+    "duplicate record_id": (lambda p: _csv(p, pl.concat([_topics_frame(150), _topics_frame(3)])), {},
+                            ["share a record_id", "r-00000"]),
+    "record over the per-record size": (_oversized, {}, ["r-00007", "per-record", "1,000,000"]),
+    "non-UTF-8 CSV": (_latin1_csv, {}, ["not valid UTF-8", "iconv"]),
+    "unsupported model id": (lambda p: _csv(p, _topics_frame(150)), {"model_id": "acme.gpt-9000-v1:0"},
+                             ["acme.gpt-9000-v1:0", "Converse"]),
+    "output_uri that cannot be written": (lambda p: _csv(p, _topics_frame(150)),
+                                          {"output_uri": "s3://no-such-bucket-for-faults/out"},
+                                          ["no-such-bucket-for-faults", "cannot be written", "NoSuchBucket"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_refused_before_any_job_with_an_error_saying_what_to_fix(
+    case: str, prefect_api: str, emulator: Any, bucket: str, tmp_path: Path,
+) -> None:
+    write, overrides, fragments = BAD_INPUTS[case]
+    path = write(tmp_path / "input.csv")
+    run = run_flow(emulator, flow_params(bucket, path, "bad-input", **overrides))
+
+    assert run.failed
+    for fragment in fragments:
+        assert fragment in run.state.message, f"{fragment!r} not in {run.state.message!r}"
+    assert not [c for c in run.calls if c["operation"] in ("CreateModelInvocationJob", "InvokeModel")]
+
+
+def test_a_job_name_prefix_bedrock_would_reject_is_sanitised_and_the_log_says_so(
+    prefect_api: str, emulator: Any, bucket: str, tmp_path: Path,
+) -> None:
+    path = _csv(tmp_path / "input.csv", _topics_frame(100))
+    run = run_flow(emulator, flow_params(bucket, path, "_my jobs_2024!"))
+
+    assert run.state.is_completed(), run.state.message
+    assert_promises(run, [f"r-{i:05d}" for i in range(100)])
+    jobs = assert_submitted_once(run.calls, run.cfg.run_uri, run.cfg.key, run.cfg.aws)
+    assert len(jobs) == 1 and next(iter(jobs)).startswith("my-jobs-2024-")
+    assert "job_name_prefix '_my jobs_2024!' becomes 'my-jobs-2024'" in run.log_text()
+
+
+def test_fewer_rows_than_the_job_minimum_are_served_on_demand_not_refused(
+    prefect_api: str, emulator: Any, bucket: str, tmp_path: Path,
+) -> None:
+    path = _csv(tmp_path / "input.csv", _topics_frame(40))
+    run = run_flow(emulator, flow_params(bucket, path, "tiny"))
+
+    assert run.state.is_completed(), run.state.message
+    output = assert_promises(run, [f"r-{i:05d}" for i in range(40)])
+    assert output["error_code"].null_count() == 40 and replies_name_their_topic(output)
+    operations = [c["operation"] for c in run.calls]
+    assert "CreateModelInvocationJob" not in operations and operations.count("InvokeModel") == 40
+    assert run.summary["on_demand"] == 40
+    assert "on-demand" in run.log_text()
+
+
+# ----------------------------------------------------------------------------------------- 11. S3 errors
+
+
+def test_s3_internal_errors_and_slowdown_on_upload_and_download_are_retried(
+    prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str, topics: tuple[Path, list[str]],
+) -> None:
+    path, ids = topics
+    faults(s3_error_rate=0.15)  # every S3 call of the flow: shard and snapshot uploads, ledgers, outputs, parts
+    run = run_flow(emulator, flow_params(bucket, path, "s3-faults"))
+    injected = emulator.stats()["s3_errors"]
+    faults()  # the checks below read S3 without faults
+
+    assert run.state.is_completed(), run.state.message
+    assert injected.get("InternalError") and injected.get("SlowDown"), injected
+    output = assert_promises(run, ids)
+    assert output["error_code"].null_count() == output.height and replies_name_their_topic(output)
+    assert run.summary["jobs_submitted"] == 4
