@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -27,6 +28,22 @@ import polars as pl
 
 from bench.common import peak_rss_mb
 from tasks.aws import AwsSettings, client, split_s3_uri, storage_options
+
+
+class _Notes(logging.Handler):
+    """Keeps what the measured code logs (prepare logs its own phase timings)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+NOTES = _Notes()
+logging.getLogger("tasks").addHandler(NOTES)
+logging.getLogger("tasks").setLevel(logging.INFO)
 
 MODELS = {"claude": "anthropic.claude-3-haiku-20240307-v1:0", "titan": "amazon.titan-embed-text-v2:0"}
 
@@ -82,6 +99,7 @@ def prepare(args: dict[str, Any]) -> dict[str, Any]:
         "input_bytes": Path(args["data"]).stat().st_size,
         "shards": shards,
         "plan": run.plan.reason,
+        "log": NOTES.messages[-5:],
         "peak_rss_mb": peak_rss_mb(),
     }
 
