@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import re
 import tempfile
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -35,6 +37,7 @@ from tasks.plan import Quotas, ShardPlan, ShardSpec, plan_shards
 from tasks.sources import RECORD_ID, SourceError, check_ids
 from tasks.templates import PromptTemplate, render_prompts, select_input
 
+log = logging.getLogger(__name__)
 MULTIPART_CHUNK_BYTES = 64 * 1024 * 1024
 PREPARED_MANIFEST = "prepared.json"
 # Internal column names, chosen so they cannot shadow an input column such as `prompt`.
@@ -217,7 +220,9 @@ def prepare_run(
         staged_path, lines_path = tmpdir / "staged.parquet", tmpdir / "valid.jsonl"
         # The only pass over the source: render and encode every row, stream it to local Parquet. A single
         # sink keeps memory bounded (several sinks sharing one scan buffer whatever the slowest lags).
+        clock = time.perf_counter()
         staged.select(*columns, _ERROR, _LINE, _BYTES, _TOKENS).sink_parquet(staged_path, **_STAGING)
+        timings = {"render+encode+stage": time.perf_counter() - clock}
         stage = pl.scan_parquet(staged_path)
         meta = stage.select(RECORD_ID, pl.col(_ERROR).is_null().alias("ok"), _BYTES, _TOKENS).collect()
         total_rows = meta.height
@@ -241,7 +246,9 @@ def prepare_run(
         valid = stage.filter(pl.col(_ERROR).is_null())
         if not plan.on_demand:
             # Every request line that will be sent, in order, as one JSONL file: a shard is a byte range.
+            clock = time.perf_counter()
             valid.head(plan.total_records).select(_LINE).sink_csv(lines_path, include_header=False, quote_style="never")
+            timings["jsonl"] = time.perf_counter() - clock
             if lines_path.stat().st_size != offsets[plan.total_records]:  # byte ranges and limits rest on it
                 raise RuntimeError(
                     f"wrote {lines_path.stat().st_size} bytes of JSONL, planned {offsets[plan.total_records]}"
@@ -262,6 +269,7 @@ def prepare_run(
             settings=asdict(settings),
         )
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload") as pool:
+            clock = time.perf_counter()
             uploads: list[Future[Any]] = []
 
             def upload(path: Path, uri: str, span: tuple[int, int] | None = None) -> None:
@@ -306,9 +314,19 @@ def prepare_run(
                     upload(lines_path, shard.input_uri, (int(offsets[spec.start]), spec.bytes))
                     upload(snapshot, shard.snapshot_uri)
                     run.shards.append(shard)
+            timings["snapshots"] = time.perf_counter() - clock
+            clock = time.perf_counter()
             for future in uploads:
                 future.result()
+            timings["upload wait"] = time.perf_counter() - clock
         _put_json(join_s3(run_uri, PREPARED_MANIFEST), run.to_dict(), aws)
+    log.info(
+        "prepared %d rows (%d refused) into %d shard(s): %s",
+        total_rows,
+        invalid_rows,
+        len(run.shards),
+        ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
+    )
     return run
 
 
