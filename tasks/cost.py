@@ -232,7 +232,8 @@ def estimate(
     if n_shards and n_shards % slots and waves > 1:
         warnings.append(f"the last wave fills {n_shards % slots} of {slots} slots")
     elif 0 < n_shards < slots:
-        warnings.append(f"{n_shards} shards use {n_shards} of {slots} slots")
+        shards = "1 shard uses" if n_shards == 1 else f"{n_shards} shards use"
+        warnings.append(f"{shards} {n_shards} of {slots} slots")
 
     return Estimate(
         model_id=model_id,

@@ -128,10 +128,11 @@ def jobs_table(outcomes: list[Any]) -> list[dict[str, Any]]:
     rows = []
     for o in sorted(outcomes, key=lambda o: o.shard):
         rows.append({
-            "shard": o.shard, "job name": o.job_name or "", "job ARN": o.job_arn or "", "status": o.status,
-            "attempts": o.attempts, "records": o.records, "ok": o.ok, "failed": o.failed,
+            "shard": o.shard, "job name": o.job_name or "", "status": o.status, "attempts": o.attempts,
+            "records": o.records, "ok": o.ok, "failed": o.failed,
             "input tokens": o.input_tokens, "output tokens": o.output_tokens,
-            "queued": _fmt_s(o.queued_s), "ran": _fmt_s(o.ran_s), "message": o.message or "",
+            "queued": _fmt_s(o.queued_s), "ran": _fmt_s(o.ran_s), "total": _fmt_s(o.total_s),
+            "message": o.message or "", "job ARN": o.job_arn or "",
         })
     return rows
 
@@ -164,7 +165,7 @@ def publish_results(summary: RunSummary, key: str, link: str | None) -> None:
     errors = "\n".join(f"| `{code}` | {n:,} |" for code, n in sorted(summary.errors_by_code.items()))
     markdown = (
         f"## Run `{summary.run_key}`\n\n"
-        f"| | |\n|---|---|\n| model | `{summary.model_id}` |\n| rows | {summary.total_rows:,} |\n"
+        f"| what | value |\n|---|---|\n| model | `{summary.model_id}` |\n| rows | {summary.total_rows:,} |\n"
         f"| ok | {summary.ok:,} |\n| with error | {summary.failed:,} |\n| shards / jobs | {summary.shards} / "
         f"{summary.jobs_submitted} submitted, {summary.jobs_attached} attached |\n"
         f"| repaired | {summary.repaired:,} |\n| input / output tokens | {summary.input_tokens:,} / "

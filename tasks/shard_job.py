@@ -47,6 +47,7 @@ class ShardOutcome:
     output_tokens: int = 0
     queued_s: float | None = None
     ran_s: float | None = None
+    total_s: float | None = None
     part: ResultPart | None = None
     manifest: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
@@ -88,6 +89,7 @@ class JobResult:
     attached: bool = False
     queued_s: float | None = None
     ran_s: float | None = None
+    total_s: float | None = None
 
 
 def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, progress: Any = None) -> JobResult:
@@ -149,7 +151,7 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
         result.message, result.attempts = job.get("message"), attempt
         result.attached = result.attached or attached
         result.submitted += 0 if attached else 1
-        result.queued_s, result.ran_s = _durations(job, timeline)
+        result.queued_s, result.ran_s, result.total_s = _durations(job, timeline)
         if status in ("Failed", "Expired") and attempt < cfg.max_job_attempts:
             log.warning("%s job %s ended %s (%s); resubmitting as attempt %d", shard.name, identity.job_name,
                         status, job.get("message") or "no message", attempt + 1)
@@ -179,7 +181,7 @@ def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: s
     outcome = ShardOutcome(
         shard=shard.name, records=shard.records, status=job.status, job_name=job.job_name, job_arn=job.job_arn,
         message=job.message, attempts=job.attempts, attached=job.attached, submitted=job.submitted,
-        queued_s=job.queued_s, ran_s=job.ran_s,
+        queued_s=job.queued_s, ran_s=job.ran_s, total_s=job.total_s,
     )
     if job.status in jobs.COLLECTABLE and job.job_arn:
         result = collect_shard(
@@ -215,16 +217,20 @@ def _count(outcome: ShardOutcome, frame: pl.DataFrame) -> None:
     outcome.input_tokens, outcome.output_tokens = int(stats["input_tokens"]), int(stats["output_tokens"])
 
 
-def _durations(job: dict[str, Any], timeline: dict[str, float]) -> tuple[float | None, float | None]:
+def _durations(
+    job: dict[str, Any], timeline: dict[str, float]
+) -> tuple[float | None, float | None, float | None]:
+    """(queued, ran, total) seconds; queued/ran only when a poll saw the job InProgress."""
     submit, end = job.get("submitTime"), job.get("endTime")
-    started = timeline.get("InProgress")
     if not isinstance(submit, datetime):
-        return None, None
+        return None, None, None
     submit_ts = submit.timestamp()
     end_ts = end.timestamp() if isinstance(end, datetime) else time.time()
+    total = max(0.0, end_ts - submit_ts)
+    started = timeline.get("InProgress")
     if started is None:
-        return end_ts - submit_ts, None
-    return max(0.0, started - submit_ts), max(0.0, end_ts - started)
+        return None, None, total
+    return max(0.0, started - submit_ts), max(0.0, end_ts - started), total
 
 
 run_job_task = task(
