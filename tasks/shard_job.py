@@ -29,32 +29,34 @@ from tasks.prepare import PreparedShard
 
 
 @dataclass
-class ShardOutcome:
-    """What the flow needs to know about one shard once its work is over (plain data)."""
+class JobResult:
+    """A shard's job once terminal (or never accepted), before collection."""
 
     shard: str
-    records: int
     status: str
     job_name: str | None = None
     job_arn: str | None = None
     message: str | None = None
     attempts: int = 0
-    attached: bool = False
     submitted: int = 0
+    attached: bool = False
+    queued_s: float | None = None
+    ran_s: float | None = None
+    total_s: float | None = None
+
+
+@dataclass
+class ShardOutcome(JobResult):
+    """A shard once collected: its job, its rows' counts and its result part (plain data)."""
+
+    records: int = 0
     ok: int = 0
     failed: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    queued_s: float | None = None
-    ran_s: float | None = None
-    total_s: float | None = None
     part: ResultPart | None = None
     manifest: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
-
-    @property
-    def job_failed(self) -> bool:
-        return self.status in ("Failed", "Expired") and self.ok == 0
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -73,23 +75,6 @@ def _retryable(task: Any, task_run: Any, state: Any) -> bool:
     except Exception as err:
         return jobs.error_code(err) in jobs.RETRYABLE_API_ERRORS or isinstance(err, ConnectionError | TimeoutError)
     return False
-
-
-@dataclass
-class JobResult:
-    """A shard's job once terminal (or never accepted), before collection."""
-
-    shard: str
-    status: str
-    job_name: str | None = None
-    job_arn: str | None = None
-    message: str | None = None
-    attempts: int = 0
-    submitted: int = 0
-    attached: bool = False
-    queued_s: float | None = None
-    ran_s: float | None = None
-    total_s: float | None = None
 
 
 def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, progress: Any = None) -> JobResult:
@@ -178,11 +163,7 @@ def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: s
     log = _logger()
     aws = cfg.aws
     family = resolve_family(cfg.model_id, cfg.invocation_type)
-    outcome = ShardOutcome(
-        shard=shard.name, records=shard.records, status=job.status, job_name=job.job_name, job_arn=job.job_arn,
-        message=job.message, attempts=job.attempts, attached=job.attached, submitted=job.submitted,
-        queued_s=job.queued_s, ran_s=job.ran_s, total_s=job.total_s,
-    )
+    outcome = ShardOutcome(**vars(job), records=shard.records)
     if job.status in jobs.COLLECTABLE and job.job_arn:
         result = collect_shard(
             family=family,
