@@ -105,7 +105,16 @@ def reclaim_orphaned_slots(name: str) -> int:
     return asyncio.run(_reclaim(name))
 
 
-async def _reclaim(name: str) -> int:
+def release_run_slots(name: str, flow_run_id: UUID | str) -> int:
+    """Release the slots of `name` held by task runs of `flow_run_id` (a cancelled or crashed run); return
+    how many. The runner kills a cancelled run's process, and nothing else would give its slots back before
+    their leases expire. Local (filesystem) lease storage only, like `reclaim_orphaned_slots`."""
+    if get_current_settings().server.concurrency.lease_storage != FILESYSTEM_LEASES:
+        return 0
+    return asyncio.run(_reclaim(name, of_flow_run=UUID(str(flow_run_id))))
+
+
+async def _reclaim(name: str, of_flow_run: UUID | None = None) -> int:
     from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
 
     storage = ConcurrencyLeaseStorage()
@@ -123,7 +132,7 @@ async def _reclaim(name: str) -> int:
             lease = await storage.read_lease(lease_id)
             if lease is None or limit.id not in lease.resource_ids:
                 continue
-            if not await _orphaned(client, lease):
+            if not await (_held_by(client, lease, of_flow_run) if of_flow_run else _orphaned(client, lease)):
                 continue
             try:
                 await client.release_concurrency_slots_with_lease(lease_id)
@@ -142,6 +151,17 @@ async def _all_active(storage: Any) -> list[UUID]:
         if len(batch) < 100:
             break
     return out
+
+
+async def _held_by(client: Any, lease: Any, flow_run_id: UUID) -> bool:
+    holder = lease.metadata.holder if lease.metadata else None
+    if holder is None or holder.type != "task_run":
+        return False
+    try:
+        task_run = await client.read_task_run(holder.id)
+    except Exception:
+        return False
+    return task_run.flow_run_id == flow_run_id
 
 
 async def _orphaned(client: Any, lease: Any) -> bool:

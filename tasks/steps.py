@@ -303,9 +303,18 @@ def stop_run_jobs(flow: Any, flow_run: Any, state: Any) -> None:
         return
     if not cfg.stop_jobs_on_cancel:
         log.info("run cancelled; its Bedrock jobs keep running (stop_jobs_on_cancel=false)")
-        return
-    for arn, status in stop_in_flight(cfg):
-        log.warning("run cancelled: job %s -> %s", arn, status)
+    else:
+        for arn, status in stop_in_flight(cfg):
+            log.warning("run cancelled: job %s -> %s", arn, status)
+    # The run's tasks will never release their slots (the runner killed the process): give them back.
+    try:
+        from tasks.concurrency import limit_name, release_run_slots
+
+        released = release_run_slots(limit_name(cfg.model_id, cfg.aws.region), flow_run.id)
+        if released:
+            log.warning("run cancelled: released %d concurrency slot(s)", released)
+    except Exception as err:  # the lease's expiry (or the next run's reclaim) gives them back later
+        log.warning("could not release the run's concurrency slots: %s", err)
 
 
 def stop_in_flight(cfg: RunConfig) -> list[tuple[str, str]]:

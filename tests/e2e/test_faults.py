@@ -31,6 +31,7 @@ from tests.e2e.helpers import (
 pytestmark = pytest.mark.e2e
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+IN_FLIGHT = {"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"}
 ROLE = "arn:aws:iam::123456789012:role/BedrockBatchRole"
 
 
@@ -452,3 +453,189 @@ def test_s3_internal_errors_and_slowdown_on_upload_and_download_are_retried(
     output = assert_promises(run, ids)
     assert output["error_code"].null_count() == output.height and replies_name_their_topic(output)
     assert run.summary["jobs_submitted"] == 4
+
+
+# ------------------------------------------------------------------------------- 8. killed mid-poll
+
+
+def _cli_args(params: dict[str, Any]) -> list[str]:
+    """The same parameters as flags, so a CLI run and an in-process run share one run key."""
+    args: list[str] = []
+    for key, value in params.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def test_a_run_killed_mid_poll_and_started_again_attaches_leaks_no_slot_and_submits_nothing_twice(
+    prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str, topics: tuple[Path, list[str]],
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tasks.concurrency import active_slots, limit_name
+    from tests.e2e.conftest import REPO, cli_env
+    from tests.e2e.helpers import created_jobs, wait_for
+
+    path, ids = topics
+    params = flow_params(bucket, path, "killed", max_concurrent_jobs=2)
+    key8 = job_stem(params, 1)[:8]
+    limit = limit_name(CLAUDE, emulator.region)
+    # Jobs of ~2 s, so the kill lands while the first wave is being polled; the control plane throttles.
+    faults(time_scale=2e-3, throttle_rate=0.1)
+    before = len(emulator.calls())
+    child = subprocess.Popen([sys.executable, "-m", "flows.batch_inference", *_cli_args(params)], cwd=REPO,
+                             env=cli_env(emulator, prefect_api), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(created_jobs(emulator.calls()[before:], key8)) >= 2, 90, "the first wave's jobs")
+        assert active_slots(limit) == 2  # the first wave holds both slots...
+        child.send_signal(signal.SIGKILL)  # ...when the process dies without a word
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    first = created_jobs(emulator.calls()[before:], key8)
+    assert active_slots(limit) == 2, "the kill should have left the slots taken (else this proves nothing)"
+
+    faults(throttle_rate=0.1)  # quick jobs again for the second run
+    run = run_flow(emulator, params)
+    run.calls = emulator.calls()[before:]  # both runs' calls
+
+    assert run.state.is_completed(), run.state.message
+    output = assert_promises(run, ids)  # includes: no slot left taken
+    assert output["error_code"].null_count() == output.height and replies_name_their_topic(output)
+    assert run.summary["jobs_attached"] >= len(first) and run.summary["jobs_submitted"] == 4 - len(first)
+    assert len(created_jobs(run.calls, key8)) == 4
+
+
+# ------------------------------------------------------------------------------- 9. cancelled from Prefect
+
+
+@pytest.fixture
+def served(emulator: Any, prefect_api: str, tmp_path: Path) -> Iterator[str]:
+    """The flow served by a runner (`flow.serve`) in a child process: the way a run can be cancelled from
+    Prefect. A plain-Python run has nobody watching for the Cancelling state; a runner or worker does."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import REPO, cli_env
+
+    name = f"faults-cancel-{uuid.uuid4().hex[:6]}"
+    code = ("from flows.batch_inference import batch_inference; "
+            f"batch_inference.serve(name={name!r}, pause_on_shutdown=False)")
+    env = cli_env(emulator, prefect_api, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    log = (tmp_path / "serve.log").open("w")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=log, stderr=log)
+    try:
+        yield f"bedrock-batch-inference/{name}"
+    except BaseException:
+        print((tmp_path / "serve.log").read_text()[-5000:])
+        raise
+    finally:
+        log.close()
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+@pytest.mark.parametrize("stop_jobs", [True, False], ids=["stop-jobs", "keep-jobs"])
+def test_a_run_cancelled_from_prefect_stops_its_bedrock_jobs_and_leaves_no_slot(
+    stop_jobs: bool, prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str,
+    topics: tuple[Path, list[str]], served: str,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    from tasks.concurrency import active_slots, limit_name
+    from tests.e2e.helpers import created_jobs, wait_for
+
+    path, _ = topics
+    params = flow_params(bucket, path, "cancelled", max_concurrent_jobs=2, stop_jobs_on_cancel=stop_jobs)
+    key8 = job_stem(params, 1)[:8]
+    limit = limit_name(CLAUDE, emulator.region)
+    faults(time_scale=5e-3)  # jobs of ~5 s: still in flight when the cancellation arrives
+    before = len(emulator.calls())
+
+    with get_client(sync_client=True) as client:
+        wait_for(lambda: _deployment_exists(client, served), 60, "the served deployment")
+        flow_run = run_deployment(served, parameters=params, timeout=0)
+        wait_for(lambda: len(created_jobs(emulator.calls()[before:], key8)) >= 2, 90, "jobs in flight")
+        client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the fault test"))
+        final = wait_for(lambda: (s := client.read_flow_run(flow_run.id).state) and s.is_final() and s, 60,
+                         "the run to be cancelled")
+    assert final.is_cancelled(), final
+
+    jobs = created_jobs(emulator.calls()[before:], key8)
+
+    def statuses() -> dict[str, str]:
+        return {j.name: j.status for j in emulator.engine.jobs() if j.name in jobs}
+
+    stops = {c["jobName"] for c in emulator.calls()[before:] if c["operation"] == "StopModelInvocationJob"}
+    if stop_jobs:
+        # Nothing orphaned: every job still running was stopped, none is left in flight.
+        ended = wait_for(lambda: (now := statuses()) and not set(now.values()) & IN_FLIGHT and now, 30,
+                         "the run's jobs to end")
+        assert stops and stops == {name for name, status in ended.items() if status == "Stopped"}, ended
+    else:
+        assert not stops and set(statuses().values()) & IN_FLIGHT, statuses()  # left running, as asked
+    assert active_slots(limit) == 0
+
+
+def _deployment_exists(client: Any, name: str) -> bool:
+    try:
+        client.read_deployment_by_name(name)
+        return True
+    except Exception:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ 12. soak
+
+
+def test_soak_200_shards_with_every_fault_at_10_percent_completes_like_the_fault_free_run(
+    prefect_api: str, emulator: Any, faults: Callable[..., None], local_aws: Any, tmp_path: Path,
+) -> None:
+    from tasks.aws import client
+
+    # A fixed bucket and an S3 source give a fixed run key, hence the same seeded fates on every run.
+    rows, bucket = 20_000, "faults-soak"
+    client("s3", local_aws).create_bucket(Bucket=bucket)
+    ids = write_topics(tmp_path / "topics.csv", rows)
+    client("s3", local_aws).upload_file(str(tmp_path / "topics.csv"), bucket, "input/topics.csv")
+    params = flow_params(bucket, tmp_path / "unused", "soak", max_concurrent_jobs=20, max_job_attempts=4)
+    del params["input_path"]
+    params["s3_uri"] = f"s3://{bucket}/input/topics.csv"
+    key8 = job_stem(params, 1)[:8]
+
+    faults(time_scale=1e-5, seed=6, throttle_rate=0.1, s3_error_rate=0.1, job_failure_rate=0.1, expire_rate=0.1,
+           partial_rate=0.1, record_error_rate=0.1, retryable_error_share=0.5,
+           foreign_jobs={CLAUDE: 2}, foreign_job_duration_s=200_000)  # others hold 10% of the quota for ~2 s
+    run = run_flow(emulator, params)
+    injected = emulator.stats()["s3_errors"]
+    faults(time_scale=1e-5)
+    reference = run_flow(emulator, {**params, "job_name_prefix": "soak-ref", "max_records_per_job": 1000})
+
+    assert run.state.is_completed(), run.state.message
+    assert reference.state.is_completed(), reference.state.message
+    output = assert_promises(run, ids)
+    expected = assert_promises(reference, ids)
+    assert run.summary["shards"] == 200 and reference.summary["ok"] == rows
+    # Every fault did happen to this run.
+    fates = {j.status for j in emulator.engine.jobs() if key8 in j.name and j.name.startswith("soak-")}
+    assert {"Completed", "Failed", "Expired", "PartiallyCompleted"} <= fates, fates
+    assert any(c["status_code"] == 429 for c in run.calls) and sum(injected.values()) > 0
+    assert any(c["operation"] == "CreateModelInvocationJob" and c["status_code"] == 400 for c in run.calls)
+    # What is left in error is (almost all) what no retry fixes, and every row that succeeded is the same
+    # row the fault-free run produced.
+    errors = output.filter(pl.col("error_code").is_not_null())
+    assert set(errors["error_code"]) <= {"400", "429", "500"}
+    assert (errors["error_code"] == "400").sum() >= 0.9 * errors.height
+    result_columns = ["record_id", "topic", "response", "input_tokens", "output_tokens", "stop_reason"]
+    succeeded = output.filter(pl.col("error_code").is_null()).select(result_columns).sort("record_id")
+    same = expected.select(result_columns).join(succeeded.select("record_id"), on="record_id").sort("record_id")
+    assert succeeded.height >= 0.95 * rows
+    assert succeeded.equals(same)
