@@ -43,7 +43,14 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=20)
     parser.add_argument("--poll-interval-s", type=float, default=2.0)
     parser.add_argument("--target-s", type=float, default=150.0, help="real seconds the job phase should take")
+    parser.add_argument(
+        "--slot-wait-s", type=float, default=None,
+        help="cap of the Prefect server's Retry-After for a full concurrency limit "
+        "(PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS, Prefect's default 30)",
+    )
     args = parser.parse_args()
+    if args.slot_wait_s is not None:
+        os.environ["PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS"] = str(args.slot_wait_s)
 
     scale = args.rows / FULL_ROWS
     max_records = max(100, round(FULL_MAX * scale))
@@ -114,6 +121,7 @@ def main() -> None:
     result = {
         "rows": args.rows,
         "slots": args.slots,
+        "slot_wait_s": args.slot_wait_s,
         "max_records_per_job": max_records,
         "jobs": len(jobs),
         "statuses": sorted({j["status"] for j in jobs}),

@@ -8,8 +8,9 @@ Stages and what they time (wall clock, `time.perf_counter`):
 - `prepare_floor`: Polars reading the same input Parquet, then writing NDJSON of the same total size and
   object count as prepare's JSONL + snapshots and uploading it the way prepare does.
 - `collect`: per shard, `collect_shard` + `write_result_part` (`.jsonl.out` -> joined Parquet on S3).
-- `collect_floor`: Polars reading the same `.jsonl.out` objects and snapshots from S3 (`scan_lines`,
-  `read_parquet`), then writing + uploading Parquet parts of the same size as collect's result parts.
+- `collect_floor`: reading the same `.jsonl.out` objects (boto3 `get_object`, as collect does) and snapshots
+  (Polars `read_parquet`) from S3, then writing + uploading Parquet parts (zstd, the lines themselves) of the
+  same size as collect's result parts.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from boto3.s3.transfer import TransferConfig
 
 from bench.common import peak_rss_mb
 from tasks.aws import AwsSettings, client, split_s3_uri, storage_options
@@ -186,7 +188,9 @@ def collect_floor(args: dict[str, Any]) -> dict[str, Any]:
     read_s = 0.0
     for job, target in zip(args["jobs"], args["part_bytes"], strict=True):
         t0 = time.perf_counter()
-        lines = pl.scan_lines(job["output_uri"], name="line", storage_options=options).collect()
+        bucket, key = split_s3_uri(job["output_uri"])
+        body = client("s3", aws).get_object(Bucket=bucket, Key=key)["Body"].read()
+        lines = pl.DataFrame({"line": body.decode().splitlines()})
         pl.read_parquet(job["snapshot_uri"], storage_options=options)
         read_s += time.perf_counter() - t0
         # The lines themselves, zstd-compressed, cut to the row count that gives the part's size.
@@ -200,7 +204,8 @@ def collect_floor(args: dict[str, Any]) -> dict[str, Any]:
         frame.write_parquet(buffer, compression="zstd")
         buffer.seek(0)
         bucket, key = split_s3_uri(f"{args['run_uri']}/floor/{job['name']}.parquet")
-        client("s3", aws).upload_fileobj(buffer, bucket, key)
+        config = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
+        client("s3", aws).upload_fileobj(buffer, bucket, key, Config=config)
     elapsed = time.perf_counter() - started
     return {"seconds": elapsed, "read_seconds": read_s, "peak_rss_mb": peak_rss_mb()}
 
