@@ -185,17 +185,24 @@ def repair(
         if pending.is_empty():
             break
         log.info("repair round %d: %s record(s) with retryable errors", round_no, f"{pending.height:,}")
-        rep = prepare_run(
-            pending.lazy(), family=family, settings=settings, template=template,
-            run_uri=join_s3(cfg.run_uri, f"repair-{round_no}"), aws=cfg.aws, quotas=quotas(cfg),
-            input_column=cfg.input_column, max_record_bytes=cfg.max_record_bytes,
-        )
-        if rep.plan.on_demand:
-            done = serve_on_demand(rep, cfg, family, settings)
-        else:
-            rep_outcomes = run_shards(rep, cfg, None)
-            done = pl.concat([read_snapshot(o.part.uri, cfg.aws) for o in rep_outcomes if o.part],
-                             how="diagonal_relaxed")
+        # Jobs for as many records as whole shards can take; the rest (under the minimum) on-demand.
+        in_jobs = batchable_records(pending.height, cfg.min_records_per_job, cfg.max_records_per_job)
+        chunks = [("", pending.head(in_jobs)), ("-tail", pending.slice(in_jobs))] if in_jobs else [("", pending)]
+        done_parts: list[pl.DataFrame] = []
+        for suffix, rows in chunks:
+            if rows.is_empty():
+                continue
+            rep = prepare_run(
+                rows.lazy(), family=family, settings=settings, template=template,
+                run_uri=join_s3(cfg.run_uri, f"repair-{round_no}{suffix}"), aws=cfg.aws, quotas=quotas(cfg),
+                input_column=cfg.input_column, max_record_bytes=cfg.max_record_bytes,
+            )
+            if rep.plan.on_demand:
+                done_parts.append(serve_on_demand(rep, cfg, family, settings))
+            else:
+                rep_outcomes = run_shards(rep, cfg, None)
+                done_parts += [read_snapshot(o.part.uri, cfg.aws) for o in rep_outcomes if o.part]
+        done = pl.concat(done_parts, how="diagonal_relaxed")
         # A repair job that failed as a whole says nothing new about its records: keep their first error.
         done = done.filter(~pl.col("error_code").is_in(["job_failed"]).fill_null(False))
         results.append(done.select(RECORD_ID, *result_schema(family)))
@@ -204,6 +211,16 @@ def repair(
     if not results:
         return None
     return pl.concat(results, how="vertical_relaxed").unique(RECORD_ID, keep="last", maintain_order=True)
+
+
+def batchable_records(n: int, min_records: int, max_records: int) -> int:
+    """How many of `n` records whole shards of `min_records..max_records` can take (0: too few for a job).
+
+    `n` splits into k shards only if k x min <= n <= k x max; in a gap (1,706 records, 100 per shard) the
+    first k x max go to jobs and the rest, fewer than the minimum, on-demand.
+    """
+    shards = n // min_records
+    return min(n, shards * max_records)
 
 
 def serve_on_demand(prepared: PreparedRun, cfg: RunConfig, family: ModelFamily,
