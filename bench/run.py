@@ -176,7 +176,7 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     out["planner"] = m
     out["makespan_vs_lower_bound"] = m["balanced"]["vs_lower_bound"]
     out["makespan_source"] = "simulation"
-    out["refill_delay_s"] = 0.0
+    out["refill_delay_s"] = 0.0  # the simulation refills at once; --flow-rows measures the real flow
     if res.get("flow"):
         f = res["flow"]
         out.update(
