@@ -9,7 +9,9 @@ A `Failed` or `Expired` job is resubmitted under the next attempt's name, up to 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -128,7 +130,7 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
                      identity.job_name, attempt)
             job = jobs.wait_until_terminal(
                 bedrock, arn, max_interval=cfg.poll_interval_s, min_interval=cfg.min_poll_interval_s,
-                on_update=on_update,
+                on_update=on_update, should_stop=cancel_requested(ctx.task_run.flow_run_id if ctx else None),
             )
         status = job["status"]
         jobs.mark_terminal(s3, ledger_uri, shard.name, attempt, status, job.get("message"))
@@ -143,6 +145,44 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
             continue
         break
     return result
+
+
+_cancel_checks: dict[str, tuple[float, bool]] = {}
+_cancel_lock = threading.Lock()
+CANCEL_CHECK_S = 2.0
+
+
+def cancel_requested(flow_run_id: Any) -> Callable[[], bool]:
+    """`should_stop` for a poll loop: True once the flow run is Cancelling (or Cancelled).
+
+    Polling threads would otherwise hold the run's process open until their jobs end, so a cancelled
+    run would not exit (nor its hooks stop the jobs) for hours. One API read per `CANCEL_CHECK_S` per
+    flow run, shared by every shard thread of the process.
+    """
+    if flow_run_id is None:
+        return lambda: False
+    key = str(flow_run_id)
+
+    def check() -> bool:
+        now = time.monotonic()
+        with _cancel_lock:
+            last, cancelled = _cancel_checks.get(key, (0.0, False))
+            if cancelled or now - last < CANCEL_CHECK_S:
+                return cancelled
+            _cancel_checks[key] = (now, False)
+        try:
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(flow_run_id).state
+            cancelled = bool(state and (state.is_cancelling() or state.is_cancelled()))
+        except Exception:  # the API unreachable: keep polling the job
+            cancelled = False
+        with _cancel_lock:
+            _cancel_checks[key] = (now, cancelled)
+        return cancelled
+
+    return check
 
 
 def quota_backoff(cfg: RunConfig) -> tuple[float, float]:
