@@ -127,11 +127,12 @@ def bench_titan(server: Endpoint, rows: int, tag: str) -> dict[str, Any]:
     return bench_collect(server, prepared, "titan", len(prepared["shards"]), "collect")
 
 
-def bench_flow(rows: int, slots: int, poll_s: float) -> dict[str, Any]:
+def bench_flow(rows: int, slots: int, poll_s: float, target_s: float) -> dict[str, Any]:
     import subprocess
 
     proc = subprocess.run(
-        [PYTHON, "-m", "bench.flow_run", "--rows", str(rows), "--slots", str(slots), "--poll-interval-s", str(poll_s)],
+        [PYTHON, "-m", "bench.flow_run", "--rows", str(rows), "--slots", str(slots), "--poll-interval-s", str(poll_s),
+         "--target-s", str(target_s)],
         cwd=REPO, capture_output=True, text=True, timeout=3600,
     )
     if proc.returncode != 0:
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flow-rows", type=int, default=0, help="run the real flow at this size (0: skip)")
     parser.add_argument("--flow-slots", type=int, default=20)
     parser.add_argument("--poll-interval-s", type=float, default=2.0)
+    parser.add_argument("--flow-target-s", type=float, default=240.0, help="real seconds of the flow's job phase")
     parser.add_argument("--stages", default="prepare,collect,titan,makespan")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     res["makespan"] = makespan.compare(2_200_000)
     if args.flow_rows:
-        res["flow"] = bench_flow(args.flow_rows, args.flow_slots, args.poll_interval_s)
+        res["flow"] = bench_flow(args.flow_rows, args.flow_slots, args.poll_interval_s, args.flow_target_s)
     summary = summarize(res)
     summary["raw"] = {k: v for k, v in res.items() if k not in ("rows", "machine", "makespan")}
     for part in summary["raw"].values():
