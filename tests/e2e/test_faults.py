@@ -7,7 +7,8 @@ Every case checks the same four promises, whatever went wrong:
 - no slot of the model's concurrency limit is left taken.
 
 The emulator runs at a tiny time scale (a 100-record job takes ~0.1 s), so waits are on conditions and
-the flow's poll interval is a fraction of a second.
+the flow's poll interval is a fraction of a second. The soak (200 shards) is `slow`: on 2 cores each
+shard costs ~0.5 s of CPU in Prefect's task machinery and its API server, whatever the emulator's speed.
 """
 
 from __future__ import annotations
@@ -527,10 +528,7 @@ def served(emulator: Any, prefect_api: str, tmp_path: Path) -> Iterator[str]:
     child = subprocess.Popen([sys.executable, str(REPO / "tests" / "e2e" / "serve_flow.py"), name], cwd=REPO,
                              env=env, stdout=log, stderr=log)
     try:
-        yield f"bedrock-batch-inference/{name}"
-    except BaseException:
-        print((tmp_path / "serve.log").read_text()[-5000:])
-        raise
+        yield f"bedrock-batch-inference/{name}"  # the runner's and its runs' logs: <tmp_path>/serve.log
     finally:
         log.close()
         child.send_signal(signal.SIGINT)
@@ -604,7 +602,8 @@ def _deployment_exists(client: Any, name: str) -> bool:
 # ------------------------------------------------------------------------------------------------ 12. soak
 
 
-@pytest.mark.slow  # ~3-4 min on 2 cores: 400+ Prefect task runs, CPU-bound; see the module's notes
+@pytest.mark.slow  # ~6 min on 2 cores: 450+ Prefect task runs, CPU-bound (see the module docstring)
+@pytest.mark.timeout(900)
 def test_soak_200_shards_with_every_fault_at_10_percent_completes_like_the_fault_free_run(
     prefect_api: str, emulator: Any, faults: Callable[..., None], local_aws: Any, tmp_path: Path,
 ) -> None:
@@ -624,7 +623,9 @@ def test_soak_200_shards_with_every_fault_at_10_percent_completes_like_the_fault
 
     faults(time_scale=1e-5, seed=6, throttle_rate=0.1, s3_error_rate=0.1, job_failure_rate=0.1, expire_rate=0.1,
            partial_rate=0.1, record_error_rate=0.1, retryable_error_share=0.5,
-           foreign_jobs={CLAUDE: 2}, foreign_job_duration_s=200_000)  # others hold 10% of the quota for ~2 s
+           # An older account's quota of 10 under a limit of 20, others holding 2 of it for ~20 s: Bedrock
+           # refuses Creates with ServiceQuotaExceededException and the flow backs off.
+           quota=10, foreign_jobs={CLAUDE: 2}, foreign_job_duration_s=2_000_000)
     run = run_flow(emulator, params)
     injected = emulator.stats()["s3_errors"]
     faults(time_scale=1e-5)
@@ -646,7 +647,7 @@ def test_soak_200_shards_with_every_fault_at_10_percent_completes_like_the_fault
     assert set(errors["error_code"]) <= {"400", "429", "500"}
     assert (errors["error_code"] == "400").sum() >= 0.9 * errors.height
     result_columns = ["record_id", "topic", "response", "input_tokens", "output_tokens", "stop_reason"]
-    succeeded = output.filter(pl.col("error_code").is_null()).select(result_columns).sort("record_id")
-    same = expected.select(result_columns).join(succeeded.select("record_id"), on="record_id").sort("record_id")
-    assert succeeded.height >= 0.95 * rows
-    assert succeeded.equals(same)
+    succeeded = output.filter(pl.col("error_code").is_null()).select(result_columns)
+    assert succeeded.height >= 0.93 * rows  # ~5% of records draw a 400, which no retry fixes
+    differing = succeeded.join(expected.select(result_columns), on=result_columns, how="anti", nulls_equal=True)
+    assert differing.is_empty(), differing.head()
