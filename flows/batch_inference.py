@@ -5,8 +5,6 @@ Prefect UI, or as plain Python: `python -m flows.batch_inference --help` (`--loc
 offline against the bundled emulator).
 """
 
-from __future__ import annotations
-
 import time
 from typing import Any
 

@@ -538,8 +538,6 @@ def served(emulator: Any, prefect_api: str, tmp_path: Path) -> Iterator[str]:
             child.kill()
 
 
-@pytest.mark.xfail(strict=True, reason="a served run fails Prefect's parameter validation before it starts: "
-                   "`Batch_InferenceModel` is not fully defined; define `InvocationType` (flows/batch_inference.py)")
 @pytest.mark.parametrize("stop_jobs", [True, False], ids=["stop-jobs", "keep-jobs"])
 def test_a_run_cancelled_from_prefect_stops_its_bedrock_jobs_and_leaves_no_slot(
     stop_jobs: bool, prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str,
