@@ -173,3 +173,25 @@ def test_large_shards_upload_in_multiple_parts(aws: AwsSettings, bucket: str) ->
     head = client("s3", aws).head_object(Bucket=bucket_name, Key=key)
     assert head["ContentLength"] == shard.bytes > 10 * 1024 * 1024
     assert head["ETag"].strip('"').endswith("-3")  # a multipart ETag
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_staging_in_row_chunks_changes_nothing_but_memory(
+    aws: AwsSettings, bucket: str, tmp_path, monkeypatch: pytest.MonkeyPatch, fmt: str  # type: ignore[no-untyped-def]
+) -> None:
+    """Prepare stages STAGE_CHUNK_ROWS rows per sink (peak RSS flat in N): the shards must not notice."""
+    import tasks.prepare as prepare
+
+    frame = pl.DataFrame({"topic": [None if i % 13 == 0 else f"topic {i}" for i in range(437)]})
+    path = tmp_path / f"topics.{fmt}"
+    frame.write_parquet(path) if fmt == "parquet" else frame.write_csv(path)
+    scan = pl.scan_parquet(path) if fmt == "parquet" else pl.scan_csv(path)
+    whole = _prepare(with_record_id(scan), aws, f"s3://{bucket}/runs/{fmt}-whole")
+    monkeypatch.setattr(prepare, "STAGE_CHUNK_ROWS", 50)  # 9 parts, the last one short
+    chunked = _prepare(with_record_id(scan), aws, f"s3://{bucket}/runs/{fmt}-chunked")
+    assert [(s.records, s.content_hash) for s in chunked.shards] == [(s.records, s.content_hash) for s in whole.shards]
+    assert (chunked.total_rows, chunked.invalid_rows) == (437, 34)
+    snapshots = pl.concat(pl.read_parquet(s.snapshot_uri, storage_options=storage_options(aws)) for s in chunked.shards)
+    invalid = pl.read_parquet(chunked.invalid_uri, storage_options=storage_options(aws))
+    ids = pl.concat([snapshots["record_id"], invalid["record_id"]]).sort()
+    assert ids.to_list() == [f"r{i:010d}" for i in range(437)]
