@@ -23,10 +23,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prefect.events import emit_event
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
 
 from tasks.aws import AwsSettings, client
+from tasks.logs import run_logger
 
 NAMESPACE = "AWS/Bedrock/Batch"
 DIMENSION = "ModelId"
@@ -416,20 +415,13 @@ def job_warnings(
     return found
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return log
-
-
 def emit_job_warning_events(warnings: Iterable[JobWarning]) -> list[Any]:
     """Log each warning and emit it as a Prefect event (automations can page on it).
 
     Events: `bedrock.batch.job.stuck` / `bedrock.batch.job.expiring` on resource
     `bedrock.batch.job.<jobArn>`; returns what `emit_event` returned (None when events are off).
     """
-    logger = _logger()
+    logger = run_logger()
     emitted = []
     for warning in warnings:
         logger.warning(warning.message)

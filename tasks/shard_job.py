@@ -8,7 +8,6 @@ A `Failed` or `Expired` job is resubmitted under the next attempt's name, up to 
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
@@ -27,6 +26,7 @@ from tasks.collect import ResultPart, collect_shard, mark_failed, result_part_na
 from tasks.concurrency import hold_slot
 from tasks.config import RunConfig
 from tasks.formats import resolve_family
+from tasks.logs import run_logger
 from tasks.prepare import PreparedShard
 
 
@@ -61,13 +61,6 @@ class ShardOutcome(JobResult):
     problems: list[str] = field(default_factory=list)
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    try:
-        return get_run_logger()
-    except Exception:
-        return logging.getLogger("bedrock_batch_flows")
-
-
 def _retryable(task: Any, task_run: Any, state: Any) -> bool:
     """Retry the task only for errors a retry can fix (throttling, 5xx, S3 SlowDown, timeouts)."""
     try:
@@ -81,7 +74,7 @@ def _retryable(task: Any, task_run: Any, state: Any) -> bool:
 
 def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, progress: Any = None) -> JobResult:
     """Drive `shard`'s job to a terminal state while holding one slot of `limit`."""
-    log = _logger()
+    log = run_logger()
     bedrock, s3 = client("bedrock", cfg.aws), client("s3", cfg.aws)
     ledger_uri = join_s3(run_uri, "ledger", f"{shard.name}.json")
     ctx = TaskRunContext.get()
@@ -200,7 +193,7 @@ def run_uri_key(cfg: RunConfig, run_uri: str) -> str:
 def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: str,
                 progress: Any = None) -> ShardOutcome:
     """Join the job's outputs back to the shard's input rows; a failed job marks every row."""
-    log = _logger()
+    log = run_logger()
     aws = cfg.aws
     family = resolve_family(cfg.model_id, cfg.invocation_type)
     outcome = ShardOutcome(**vars(job), records=shard.records)

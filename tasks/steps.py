@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import polars as pl
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import cost as costs
@@ -30,6 +30,7 @@ from tasks.collect import (
 )
 from tasks.config import RunConfig, config_from_params
 from tasks.formats import RETRYABLE_ERROR_CODES, InferenceSettings, ModelFamily, resolve_family, result_schema
+from tasks.logs import LOGGER_NAME, run_logger
 from tasks.ondemand import invoke_rows
 from tasks.plan import Quotas
 from tasks.prepare import PreparedRun, prepare_run
@@ -52,13 +53,6 @@ class RunFailed(RuntimeError):
                            for j in summary.failed_jobs)
         super().__init__(f"{len(summary.failed_jobs)} job(s) failed after every attempt: {failed}. "
                          f"The other rows were written to {summary.results_uri}")
-
-
-def _log() -> Any:
-    try:
-        return get_run_logger()
-    except Exception:
-        return logging.getLogger("bedrock_batch_flows")
 
 
 def check_output_writable(cfg: RunConfig) -> None:
@@ -103,7 +97,7 @@ def quotas(cfg: RunConfig) -> Quotas:
 @task(name="prepare", cache_policy=NO_CACHE, persist_result=False)
 def prepare(cfg: RunConfig) -> PreparedRun:
     """Read the source, render prompts, plan shards, write JSONL + snapshots to S3."""
-    log = _log()
+    log = run_logger()
     if cfg.prefix != cfg.job_name_prefix:
         log.warning("job_name_prefix %r becomes %r: Bedrock job names take letters, digits, '-', '+' and '.' "
                     "only, starting with a letter or digit", cfg.job_name_prefix, cfg.prefix)
@@ -144,7 +138,7 @@ def estimate_run(prepared: PreparedRun, cfg: RunConfig) -> Any:
         max_records_per_job=cfg.max_records_per_job,
         job_timeout_hours=cfg.timeout_hours,
     )
-    _log().info("estimate:\n%s", costs.format_estimate(estimate))
+    run_logger().info("estimate:\n%s", costs.format_estimate(estimate))
     try:
         create_table_artifact(table=costs.estimate_rows(estimate), key=artifact_key(cfg.prefix, "estimate"),
                               description="Estimated tokens, cost (batch price) and makespan")
@@ -172,7 +166,7 @@ def repair(
     Returns the repair results (record_id + result columns, one row per repaired record, latest round
     wins); `finalize` lays them over the shards' parts.
     """
-    log = _log()
+    log = run_logger()
     family, template, settings = resolve(cfg)
     parts = [
         o.part
@@ -227,7 +221,7 @@ def serve_on_demand(prepared: PreparedRun, cfg: RunConfig, family: ModelFamily,
                     settings: InferenceSettings) -> pl.DataFrame:
     """Rows under the job minimum: one runtime call each; returns rows in the output schema."""
     rows = read_snapshot(prepared.on_demand_uri, cfg.aws)
-    _log().info("serving %s row(s) on-demand (below the %d-record job minimum)", f"{rows.height:,}",
+    run_logger().info("serving %s row(s) on-demand (below the %d-record job minimum)", f"{rows.height:,}",
                 cfg.min_records_per_job)
     results = invoke_rows(rows.select(RECORD_ID, "prompt"), model_id=cfg.model_id, family=family,
                           settings=settings, aws=cfg.aws, concurrency=cfg.on_demand_concurrency)
@@ -272,7 +266,9 @@ def finalize(
         cfg.run_uri, parts, aws, extra={"run": summary.to_dict(), "jobs": [jobs_row(o) for o in outcomes]}
     )
     if summary.errors_by_code:
-        _log().warning("%s row(s) with an error, by error_code: %s", f"{summary.failed:,}", summary.errors_by_code)
+        run_logger().warning(
+            "%s row(s) with an error, by error_code: %s", f"{summary.failed:,}", summary.errors_by_code
+        )
     return summary, parts
 
 
@@ -312,7 +308,7 @@ def summarize(parts: list[ResultPart], outcomes: list[Any], prepared: PreparedRu
 
 def stop_run_jobs(flow: Any, flow_run: Any, state: Any) -> None:
     """Cancellation hook: stop this run's Bedrock jobs that are still in flight (if configured)."""
-    log = logging.getLogger("bedrock_batch_flows")
+    log = logging.getLogger(LOGGER_NAME)
     try:
         cfg = config_from_params(dict(flow_run.parameters))
     except Exception as err:

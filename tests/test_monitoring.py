@@ -234,7 +234,7 @@ def test_warnings_are_logged_and_emitted_as_prefect_events(monkeypatch, caplog):
     monkeypatch.setattr(monitoring, "emit_event", lambda **kwargs: sent.append(kwargs) or kwargs)
     warnings = job_warnings(job("Scheduled", submitted_h_ago=23, expires_in_h=1), NOW)
 
-    with caplog.at_level("WARNING", logger="tasks.monitoring"):
+    with caplog.at_level("WARNING", logger="bedrock_batch_flows"):
         emitted = emit_job_warning_events(warnings)
 
     assert [e["event"] for e in sent] == ["bedrock.batch.job.stuck", "bedrock.batch.job.expiring"]
