@@ -38,13 +38,15 @@ from tasks.steps import (
 from tasks.watch import RunWatcher
 
 DEFAULT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
+# Shard tasks kept waiting for a slot beyond those holding one: how many slots can be refilled at once.
+WAITING_TASKS = 2
 
 
 def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | None) -> list[ShardOutcome]:
     """Map one job task per shard under the model's concurrency limit; collect each as soon as it ends.
 
-    Job threads equal the slots (a waiting task holds a thread); collection has its own threads so a
-    freed slot is refilled at once.
+    Job threads are the slots plus a few tasks already waiting for one, so a freed slot is taken within
+    a second (`hold_slot`) rather than after a new task run has started; collection has its own threads.
     """
     if not prepared.shards:
         return []
@@ -52,7 +54,7 @@ def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | No
     ensure_limit(limit, cfg.max_concurrent_jobs)
     reclaim_orphaned_slots(limit)
     outcomes: list[ShardOutcome] = []
-    with ThreadPoolTaskRunner(max_workers=cfg.max_concurrent_jobs) as job_runner, \
+    with ThreadPoolTaskRunner(max_workers=cfg.max_concurrent_jobs + WAITING_TASKS) as job_runner, \
             ThreadPoolTaskRunner(max_workers=2) as collect_runner:
         shard_of: dict[Any, Any] = {}
         for shard in prepared.shards:

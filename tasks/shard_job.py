@@ -113,7 +113,8 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
             if progress is not None:
                 progress.job_update(shard.name, job)
 
-        with hold_slot(limit, task_run_id=task_run_id, lease_s=cfg.lease_s):
+        stop = cancel_requested(ctx.task_run.flow_run_id if ctx else None)
+        with hold_slot(limit, task_run_id=task_run_id, lease_s=cfg.lease_s, should_stop=stop):
             arn, attached = jobs.submit_once(
                 bedrock, s3, spec=spec, identity=identity, ledger_uri=ledger_uri, shard=shard.name,
                 on_quota_wait=log.warning,
@@ -123,7 +124,7 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
                      identity.job_name, attempt)
             job = jobs.wait_until_terminal(
                 bedrock, arn, max_interval=cfg.poll_interval_s, min_interval=cfg.min_poll_interval_s,
-                on_update=on_update, should_stop=cancel_requested(ctx.task_run.flow_run_id if ctx else None),
+                on_update=on_update, should_stop=stop,
             )
         status = job["status"]
         jobs.mark_terminal(s3, ledger_uri, shard.name, attempt, status, job.get("message"))
