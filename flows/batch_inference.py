@@ -108,6 +108,7 @@ def batch_inference(
     max_num_jobs: int | None = None,
     max_records_per_job: int = 50_000,
     min_records_per_job: int = 100,
+    max_record_bytes: int = 1_000_000,
     max_concurrent_jobs: int = 20,
     max_job_attempts: int = 3,
     timeout_hours: int = 72,

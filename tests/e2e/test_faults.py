@@ -386,6 +386,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], dict[str, Any], list[str]]] 
     "duplicate record_id": (lambda p: _csv(p, pl.concat([_topics_frame(150), _topics_frame(3)])), {},
                             ["share a record_id", "r-00000"]),
     "record over the per-record size": (_oversized, {}, ["r-00007", "per-record", "1,000,000"]),
+    "record over a lowered max_record_bytes": (lambda p: _csv(p, _topics_frame(150)), {"max_record_bytes": 100},
+                                               ["per-record limit of 100 bytes", "raise max_record_bytes"]),
     "non-UTF-8 CSV": (_latin1_csv, {}, ["not valid UTF-8", "iconv"]),
     "unsupported model id": (lambda p: _csv(p, _topics_frame(150)), {"model_id": "acme.gpt-9000-v1:0"},
                              ["acme.gpt-9000-v1:0", "Converse"]),
