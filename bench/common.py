@@ -22,7 +22,17 @@ PYTHON = sys.executable
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident set size: `VmHWM` of /proc/self/status (KiB).
+
+    Not `ru_maxrss`: Linux keeps it across execve, so a stage spawned by a parent that once held 4 GB
+    (say, while generating the data) would report the parent's peak as its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -9,13 +9,13 @@ Prints the wall time and the process's peak RSS. Needs bench/data/simplecot-N.pa
 
 from __future__ import annotations
 
-import resource
 import sys
 import time
 
 import polars as pl
 
 from bench import datagen
+from bench.common import peak_rss_mb
 from tasks import prepare as P
 from tasks.formats import InferenceSettings, request_line_expr, resolve_family
 from tasks.sources import SourceSpec, load_source
@@ -51,7 +51,7 @@ def main() -> None:
         assert ids.n_unique() == n and ids[0] == "r0000000000" and ids[-1] == f"r{n - 1:010d}"
     else:
         raise SystemExit(f"unknown variant {variant!r}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(f"{variant} {n:,} rows: {time.perf_counter() - start:.1f} s, peak RSS {peak:,.0f} MB")
 
 

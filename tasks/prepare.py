@@ -1,11 +1,11 @@
 """Prepare a run: render prompts, build request lines, plan shards, write JSONL shards and snapshots to S3.
 
-Memory stays bounded by Polars' streaming buffers, never the dataset. One streaming pass runs the source
-through the render and encode expressions into a local Parquet staging file (input columns, request
-line, its size, the row's input error). The plan needs only the sizes. The valid lines are then streamed,
-in order, into one local JSONL file (`sink_csv` of the ready-made `line` column); a shard's JSONL is a
-byte range of it (cumulative sizes give the offsets), hashed and streamed to S3 with multipart, and its
-snapshot a `slice` of the staging file. No per-row Python anywhere.
+Memory stays bounded by the staging chunk, never the dataset. One pass runs the source, 250k rows at a
+time, through the render and encode expressions into local files: a Parquet part (input columns, the
+line's size, token estimate, the row's input error) and a JSONL part (the valid rows' request lines).
+The plan needs only the sizes. A shard's JSONL is a byte range of the JSONL parts read as one
+(cumulative sizes give the offsets), hashed and streamed to S3 with multipart; its snapshot is a `slice`
+of the Parquet parts. No per-row Python anywhere.
 
 Nothing is uploaded until the template has matched the columns, ids are known unique and the plan fits
 the quotas, so a bad input fails fast and leaves no half-written run behind.
@@ -127,46 +127,61 @@ def shard_name(index: int) -> str:
 
 
 class _Span(io.RawIOBase):
-    """A read-only window `[start, start + length)` of a file, for uploading one shard's byte range."""
+    """A read-only window `[start, start + length)` of files read as one (the staged JSONL parts)."""
 
-    def __init__(self, path: Path, start: int, length: int) -> None:
-        self._fh = path.open("rb")
-        self._fh.seek(start)
-        self._left = length
+    def __init__(self, files: list[Path], start: int, length: int) -> None:
+        self._files = list(files)
+        self._index, self._fh = 0, None
+        while self._index < len(self._files) and start >= (size := self._files[self._index].stat().st_size):
+            start -= size
+            self._index += 1
+        self._offset, self._left = start, length
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer)[: max(0, self._left)]
-        n = self._fh.readinto(view) or 0
-        self._left -= n
-        return n
+        while self._left > 0 and self._index < len(self._files):
+            if self._fh is None:
+                self._fh = self._files[self._index].open("rb")
+                self._fh.seek(self._offset)
+            n = self._fh.readinto(memoryview(buffer)[: self._left]) or 0
+            if n:
+                self._left -= n
+                return n
+            self._fh.close()
+            self._fh, self._offset = None, 0
+            self._index += 1
+        return 0
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
         super().close()
 
 
-def _sha256(path: Path, start: int, length: int) -> str:
+def _sha256(files: list[Path], start: int, length: int) -> str:
     digest = hashlib.sha256()
-    with _Span(path, start, length) as span:
+    with _Span(files, start, length) as span:
         while block := span.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _upload(path: Path, uri: str, aws: AwsSettings, chunk_bytes: int, span: tuple[int, int] | None = None) -> None:
-    """Upload a file, or a byte range of it, with S3 multipart above `chunk_bytes`."""
+def _upload(path: Path, uri: str, aws: AwsSettings, chunk_bytes: int) -> None:
+    """Upload a file (then delete it), with S3 multipart above `chunk_bytes`."""
     bucket, key = split_s3_uri(uri)
     config = TransferConfig(multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes, max_concurrency=4)
-    s3 = client("s3", aws)
-    if span is None:
-        s3.upload_file(str(path), bucket, key, Config=config)
-        path.unlink(missing_ok=True)
-    else:
-        with _Span(path, *span) as body:
-            s3.upload_fileobj(io.BufferedReader(body, 1 << 20), bucket, key, Config=config)
+    client("s3", aws).upload_file(str(path), bucket, key, Config=config)
+    path.unlink(missing_ok=True)
+
+
+def _upload_span(files: list[Path], span: tuple[int, int], uri: str, aws: AwsSettings, chunk_bytes: int) -> None:
+    """Upload bytes `span` = (start, length) of `files` read as one, with S3 multipart above `chunk_bytes`."""
+    bucket, key = split_s3_uri(uri)
+    config = TransferConfig(multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes, max_concurrency=4)
+    with _Span(files, *span) as body:
+        client("s3", aws).upload_fileobj(io.BufferedReader(body, 1 << 20), bucket, key, Config=config)
 
 
 def estimate_tokens_expr(prompt: pl.Expr, system: str | None) -> pl.Expr:
@@ -227,10 +242,10 @@ def prepare_run(
 
     with tempfile.TemporaryDirectory(prefix="prepare-", dir=work_dir) as tmp:
         tmpdir = Path(tmp)
-        lines_path = tmpdir / "valid.jsonl"
-        # The only pass over the source: render and encode every row, stream it to local Parquet.
+        # The only pass over the source: render and encode every row into local Parquet (without the
+        # request line) and the valid rows' request lines into JSONL parts: a shard is a byte range of them.
         clock = time.perf_counter()
-        stage = _stage(source, encode, tmpdir)
+        stage, lines = _stage(source, encode, tmpdir)
         timings = {"render+encode+stage": time.perf_counter() - clock}
         meta = stage.select(RECORD_ID, pl.col(_ERROR).is_null().alias("ok"), _BYTES, _TOKENS).collect()
         total_rows = meta.height
@@ -252,15 +267,9 @@ def prepare_run(
         tokens = int(sizes.get_column(_TOKENS).head(plan.total_records).sum())
         invalid_rows = total_rows - sizes.height
         valid = stage.filter(pl.col(_ERROR).is_null())
-        if not plan.on_demand:
-            # Every request line that will be sent, in order, as one JSONL file: a shard is a byte range.
-            clock = time.perf_counter()
-            valid.head(plan.total_records).select(_LINE).sink_csv(lines_path, include_header=False, quote_style="never")
-            timings["jsonl"] = time.perf_counter() - clock
-            if lines_path.stat().st_size != offsets[plan.total_records]:  # byte ranges and limits rest on it
-                raise RuntimeError(
-                    f"wrote {lines_path.stat().st_size} bytes of JSONL, planned {offsets[plan.total_records]}"
-                )
+        written = sum(path.stat().st_size for path in lines)
+        if written != offsets[-1]:  # byte ranges and limits rest on it
+            raise RuntimeError(f"wrote {written} bytes of JSONL, planned {offsets[-1]}")
 
         run = PreparedRun(
             run_uri=run_uri,
@@ -280,8 +289,8 @@ def prepare_run(
             clock = time.perf_counter()
             uploads: list[Future[Any]] = []
 
-            def upload(path: Path, uri: str, span: tuple[int, int] | None = None) -> None:
-                uploads.append(pool.submit(_upload, path, uri, aws, multipart_chunk_bytes, span))
+            def upload(path: Path, uri: str) -> None:
+                uploads.append(pool.submit(_upload, path, uri, aws, multipart_chunk_bytes))
 
             if invalid_rows:
                 invalid_path = tmpdir / "invalid.parquet"
@@ -301,7 +310,7 @@ def prepare_run(
                     run.on_demand_uri = join_s3(run_uri, "on_demand.parquet")
                     upload(path, run.on_demand_uri)
             else:
-                hashes = [pool.submit(_sha256, lines_path, int(offsets[s.start]), s.bytes) for s in plan.shards]
+                hashes = [pool.submit(_sha256, lines, int(offsets[s.start]), s.bytes) for s in plan.shards]
                 for spec, digest in zip(plan.shards, hashes, strict=True):
                     name = shard_name(spec.index)
                     snapshot = tmpdir / f"{name}.parquet"
@@ -319,7 +328,8 @@ def prepare_run(
                         content_hash=digest.result(),
                         start=spec.start,
                     )
-                    upload(lines_path, shard.input_uri, (int(offsets[spec.start]), spec.bytes))
+                    uploads.append(pool.submit(_upload_span, lines, (int(offsets[spec.start]), spec.bytes),
+                                               shard.input_uri, aws, multipart_chunk_bytes))
                     upload(snapshot, shard.snapshot_uri)
                     run.shards.append(shard)
             timings["snapshots"] = time.perf_counter() - clock
@@ -338,12 +348,16 @@ def prepare_run(
     return run
 
 
-def _stage(source: pl.LazyFrame, encode: Callable[[pl.LazyFrame], pl.LazyFrame], tmpdir: Path) -> pl.LazyFrame:
-    """Run `encode(source)` into local Parquet parts of STAGE_CHUNK_ROWS rows; return them as one scan.
+def _stage(
+    source: pl.LazyFrame, encode: Callable[[pl.LazyFrame], pl.LazyFrame], tmpdir: Path
+) -> tuple[pl.LazyFrame, list[Path]]:
+    """Run `encode(source)` STAGE_CHUNK_ROWS rows at a time into local files; return them.
 
+    Each chunk gives a Parquet part (every column but the request line) and a JSONL part (the valid
+    rows' request lines, in order): one scan of the parts, and the JSONL parts read as one file.
     One sink over the whole input would be simpler, but Polars' streaming engine buffers morsels without
     bound when the expressions are slower than the reader: peak RSS grew linearly (4.1 GB at 2.2M rows,
-    7.9 GB at 4.4M). Slices keep it flat (bench/README.md, Memory). A slice of a Parquet scan reads only
+    7.9 GB at 4.4M). Chunks keep it flat (bench/README.md, Memory). A slice of a Parquet scan reads only
     its row groups; any other source (CSV, JSONL, a dataset) is first copied as is to one local Parquet
     file, a pass that stays flat, so that no slice re-reads the source from its start.
     """
@@ -353,10 +367,18 @@ def _stage(source: pl.LazyFrame, encode: Callable[[pl.LazyFrame], pl.LazyFrame],
         source = pl.scan_parquet(raw)
     rows = source.select(pl.len()).collect().item()
     parts: list[Path] = []
+    lines: list[Path] = []
     for offset in range(0, max(rows, 1), STAGE_CHUNK_ROWS):
         parts.append(tmpdir / f"staged-{len(parts):05d}.parquet")
-        encode(source.slice(offset, STAGE_CHUNK_ROWS)).sink_parquet(parts[-1], **_STAGING)
-    return pl.scan_parquet(parts)
+        lines.append(tmpdir / f"lines-{len(lines):05d}.jsonl")
+        chunk = encode(source.slice(offset, STAGE_CHUNK_ROWS))
+        pl.collect_all([
+            chunk.drop(_LINE).sink_parquet(parts[-1], lazy=True, **_STAGING),
+            chunk.filter(pl.col(_ERROR).is_null()).select(_LINE).sink_csv(
+                lines[-1], include_header=False, quote_style="never", lazy=True
+            ),
+        ])
+    return pl.scan_parquet(parts), lines
 
 
 def check_record_sizes(rows: pl.DataFrame, max_record_bytes: int) -> None:

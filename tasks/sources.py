@@ -25,6 +25,7 @@ import polars as pl
 
 from tasks.aws import AwsSettings, client, split_s3_uri, storage_options
 
+ROW_INDEX = "__row"  # the scans' row numbers, from which positional ids are made
 RECORD_ID = "record_id"
 ID_DIGITS = 10
 
@@ -82,22 +83,28 @@ def load_source(spec: SourceSpec, aws: AwsSettings | None = None) -> pl.LazyFram
 
 
 def with_record_id(lf: pl.LazyFrame, record_id_column: str = RECORD_ID, *, source: str = "input") -> pl.LazyFrame:
-    """Keep the id column (as Utf8 `record_id`) or assign deterministic positional ids."""
+    """Keep the id column (as Utf8 `record_id`) or assign deterministic positional ids.
+
+    Scans made here number their rows themselves (`row_index_name`): a row index inside the scan lets a
+    later slice read only its own rows (prepare stages in slices), where `with_row_index` on top of the
+    scan would make every slice read the file from its start.
+    """
     names = lf.collect_schema().names()
+    scanned_index = ROW_INDEX in names
+    if scanned_index:
+        names.remove(ROW_INDEX)
     if record_id_column in names:
         if record_id_column != RECORD_ID and RECORD_ID in names:
             raise SourceError(
                 f"{source} has both {record_id_column!r} (the chosen id column) and {RECORD_ID!r}; rename one of them"
             )
-        return lf.with_columns(pl.col(record_id_column).cast(pl.String).alias(RECORD_ID))
+        kept = lf.with_columns(pl.col(record_id_column).cast(pl.String).alias(RECORD_ID))
+        return kept.drop(ROW_INDEX) if scanned_index else kept
     if record_id_column != RECORD_ID:
         raise SourceError(f"{source} has no id column {record_id_column!r}; columns present: {names}")
-    index = pl.col("__row").cast(pl.String).str.zfill(ID_DIGITS)
-    return (
-        lf.with_row_index("__row")
-        .with_columns(pl.concat_str([pl.lit("r"), index]).alias(RECORD_ID))
-        .select(RECORD_ID, *names)
-    )
+    index = pl.col(ROW_INDEX).cast(pl.String).str.zfill(ID_DIGITS)
+    indexed = lf if scanned_index else lf.with_row_index(ROW_INDEX)
+    return indexed.select(pl.concat_str([pl.lit("r"), index]).alias(RECORD_ID), *names)
 
 
 def validate_source(lf: pl.LazyFrame, *, source: str = "input") -> int:
@@ -287,9 +294,9 @@ def _scan_files(files: list[tuple[str, str]], spec: SourceSpec, aws: AwsSettings
     fmt = files[0][1]
     options = storage_options(aws) if paths[0].startswith("s3://") else None
     if fmt == "parquet":
-        return pl.scan_parquet(paths, storage_options=options)
+        return pl.scan_parquet(paths, storage_options=options, row_index_name=ROW_INDEX)
     if fmt == "jsonl":
-        return pl.scan_ndjson(paths, storage_options=options, infer_schema_length=1000)
+        return pl.scan_ndjson(paths, storage_options=options, infer_schema_length=1000, row_index_name=ROW_INDEX)
     for path in paths:  # a latin-1 file fails late and vaguely inside Polars: catch it early, by name
         head = _head_bytes(path, aws)
         check_utf8(head, path, complete=len(head) < _UTF8_PROBE_BYTES)
@@ -305,6 +312,7 @@ def _scan_files(files: list[tuple[str, str]], spec: SourceSpec, aws: AwsSettings
         schema_overrides=overrides,
         infer_schema_length=10_000,
         missing_columns="insert",
+        row_index_name=ROW_INDEX,
     )
 
 

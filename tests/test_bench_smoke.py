@@ -16,10 +16,12 @@ KEYS = {
 
 def test_bench_run_smoke() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--rows", "2000", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "bench.run", "--rows", "2000", "--flow-target-s", "10", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert set(result) >= KEYS, KEYS - set(result)
     assert all(isinstance(result[k], int | float) for k in KEYS)
+    assert result["makespan_source"] == "flow on the emulator" and result["flow"]["refills"] > 0
+    assert result["flow"]["failed"] == 0 and result["flow"]["ok"] == 2000
