@@ -1,11 +1,11 @@
 """Prepare a run: render prompts, build request lines, plan shards, write JSONL shards and snapshots to S3.
 
 Memory stays bounded by the staging chunk, never the dataset. One pass runs the source, 250k rows at a
-time, through the render and encode expressions into local files: a Parquet part (input columns, the
+time, through the render and encode expressions into local files: a Parquet part (record_id, the
 line's size, token estimate, the row's input error) and a JSONL part (the valid rows' request lines).
 The plan needs only the sizes. A shard's JSONL is a byte range of the JSONL parts read as one
 (cumulative sizes give the offsets), hashed and streamed to S3 with multipart; its snapshot is a `slice`
-of the Parquet parts. No per-row Python anywhere.
+of the source (Parquet: only that slice's row groups are read). No per-row Python anywhere.
 
 Nothing is uploaded until the template has matched the columns, ids are known unique and the plan fits
 the quotas, so a bad input fails fast and leaves no half-written run behind.
@@ -245,18 +245,22 @@ def prepare_run(
         # The only pass over the source: render and encode every row into local Parquet (without the
         # request line) and the valid rows' request lines into JSONL parts: a shard is a byte range of them.
         clock = time.perf_counter()
-        stage, lines = _stage(source, encode, tmpdir)
+        source, stage, lines = _stage(source, encode, tmpdir)
+        # Input columns + each row's input error, row for row: what snapshots and refused rows are cut from.
+        rows = pl.concat([source, stage.select(_ERROR)], how="horizontal")
         timings = {"render+encode+stage": time.perf_counter() - clock}
-        meta = stage.select(RECORD_ID, pl.col(_ERROR).is_null().alias("ok"), _BYTES, _TOKENS).collect()
-        total_rows = meta.height
-        ids = meta.get_column(RECORD_ID)
-        null_ids = int((ids.is_null() | (ids == "")).sum())
-        check_ids(stage.select(RECORD_ID), total_rows, null_ids, int(ids.is_duplicated().sum()), source="input")
+        ids = pl.col(RECORD_ID)
+        total_rows, null_ids, duplicated = stage.select(
+            pl.len(), (ids.is_null() | (ids == "")).sum().alias("null"), ids.is_duplicated().sum().alias("dup")
+        ).collect(engine="streaming").row(0)
+        check_ids(stage.select(RECORD_ID), total_rows, null_ids, duplicated, source="input")
+        check_record_sizes(stage.filter(pl.col(_ERROR).is_null()), max_record_bytes)
+        # What the plan needs, ~17 bytes a row: the ids stay on disk.
+        meta = stage.select(pl.col(_ERROR).is_null().alias("ok"), _BYTES, _TOKENS).collect()
 
         valid_mask = meta.get_column("ok").to_numpy()
         positions = np.flatnonzero(valid_mask)  # staged row of each valid row, in order
         sizes = meta.filter(pl.col("ok"))
-        check_record_sizes(sizes, max_record_bytes)
         offsets = np.concatenate(([0], np.cumsum(sizes.get_column(_BYTES).to_numpy(), dtype=np.int64)))
         plan = plan_shards(
             sizes.get_column(_BYTES),
@@ -266,7 +270,7 @@ def prepare_run(
         )
         tokens = int(sizes.get_column(_TOKENS).head(plan.total_records).sum())
         invalid_rows = total_rows - sizes.height
-        valid = stage.filter(pl.col(_ERROR).is_null())
+        valid = rows.filter(pl.col(_ERROR).is_null())
         written = sum(path.stat().st_size for path in lines)
         if written != offsets[-1]:  # byte ranges and limits rest on it
             raise RuntimeError(f"wrote {written} bytes of JSONL, planned {offsets[-1]}")
@@ -294,7 +298,7 @@ def prepare_run(
 
             if invalid_rows:
                 invalid_path = tmpdir / "invalid.parquet"
-                stage.filter(pl.col(_ERROR).is_not_null()).select(
+                rows.filter(pl.col(_ERROR).is_not_null()).select(
                     *columns, pl.col(_ERROR).alias("input_error")
                 ).sink_parquet(invalid_path, compression="zstd")
                 run.invalid_uri = join_s3(run_uri, "invalid.parquet")
@@ -315,7 +319,7 @@ def prepare_run(
                     name = shard_name(spec.index)
                     snapshot = tmpdir / f"{name}.parquet"
                     first, last = int(positions[spec.start]), int(positions[spec.stop - 1])
-                    stage.slice(first, last - first + 1).filter(pl.col(_ERROR).is_null()).select(columns).sink_parquet(
+                    rows.slice(first, last - first + 1).filter(pl.col(_ERROR).is_null()).select(columns).sink_parquet(
                         snapshot, **_SNAPSHOT
                     )
                     shard = PreparedShard(
@@ -350,11 +354,12 @@ def prepare_run(
 
 def _stage(
     source: pl.LazyFrame, encode: Callable[[pl.LazyFrame], pl.LazyFrame], tmpdir: Path
-) -> tuple[pl.LazyFrame, list[Path]]:
-    """Run `encode(source)` STAGE_CHUNK_ROWS rows at a time into local files; return them.
+) -> tuple[pl.LazyFrame, pl.LazyFrame, list[Path]]:
+    """Run `encode(source)` STAGE_CHUNK_ROWS rows at a time into local files.
 
-    Each chunk gives a Parquet part (every column but the request line) and a JSONL part (the valid
-    rows' request lines, in order): one scan of the parts, and the JSONL parts read as one file.
+    Each chunk gives a Parquet part (record_id, input error, line size, token estimate) and a JSONL
+    part (the valid rows' request lines, in order). Returns the source as sliced (a local copy for
+    anything but Parquet), one scan of the Parquet parts, and the JSONL parts (read as one file).
     One sink over the whole input would be simpler, but Polars' streaming engine buffers morsels without
     bound when the expressions are slower than the reader: peak RSS grew linearly (4.1 GB at 2.2M rows,
     7.9 GB at 4.4M). Chunks keep it flat (bench/README.md, Memory). A slice of a Parquet scan reads only
@@ -373,19 +378,20 @@ def _stage(
         lines.append(tmpdir / f"lines-{len(lines):05d}.jsonl")
         chunk = encode(source.slice(offset, STAGE_CHUNK_ROWS))
         pl.collect_all([
-            chunk.drop(_LINE).sink_parquet(parts[-1], lazy=True, **_STAGING),
+            chunk.select(RECORD_ID, _ERROR, _BYTES, _TOKENS).sink_parquet(parts[-1], lazy=True, **_STAGING),
             chunk.filter(pl.col(_ERROR).is_null()).select(_LINE).sink_csv(
                 lines[-1], include_header=False, quote_style="never", lazy=True
             ),
         ])
-    return pl.scan_parquet(parts), lines
+    return source, pl.scan_parquet(parts), lines
 
 
-def check_record_sizes(rows: pl.DataFrame, max_record_bytes: int) -> None:
+def check_record_sizes(rows: pl.LazyFrame, max_record_bytes: int) -> None:
     """Refuse the run, naming records, when a request line (`__line_bytes`) is over the per-record limit."""
-    over = rows.filter(pl.col(_BYTES) > max_record_bytes).sort(_BYTES, descending=True)
+    over = rows.filter(pl.col(_BYTES) > max_record_bytes).select(RECORD_ID, _BYTES).collect()
     if over.is_empty():
         return
+    over = over.sort(_BYTES, descending=True)
     ids = ", ".join(repr(i) for i in over.get_column(RECORD_ID).head(3).to_list())
     raise SourceError(
         f"{over.height:,} record(s) are over the per-record limit of {max_record_bytes:,} bytes per request "
