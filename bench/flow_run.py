@@ -48,6 +48,8 @@ def main() -> None:
         help="cap of the Prefect server's Retry-After for a full concurrency limit "
         "(PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS, Prefect's default 30)",
     )
+    parser.add_argument("--endpoint", choices=("process", "inline"), default="process",
+                        help="the emulator in its own process (default) or in the flow's process (--local)")
     args = parser.parse_args()
     if args.slot_wait_s is not None:
         os.environ["PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS"] = str(args.slot_wait_s)
@@ -60,9 +62,14 @@ def main() -> None:
     profile = {"time_scale": time_scale, "record_s": record_s, "quota": args.slots}
     data = datagen.ensure("simplecot", args.rows)
 
-    from emulator import start
+    if args.endpoint == "process":  # as in `python -m emulator`: its work does not share the flow's GIL
+        from bench.common import Endpoint
 
-    server = start(port=0, profile=profile)
+        server: Any = Endpoint(profile)
+    else:  # in the flow's process, as `--local` runs it
+        from emulator import start
+
+        server = start(port=0, profile=profile)
     os.environ.update(server.env())
     from flows.batch_inference import batch_inference
     from tasks.aws import AwsSettings, client
@@ -85,7 +92,7 @@ def main() -> None:
     except Exception as err:  # report what happened, the figures are still worth reading
         summary, error = None, f"{type(err).__name__}: {err}"
     finished = time.time()
-    calls = server.calls()
+    calls = server.get("/_emulator/calls") if args.endpoint == "process" else server.calls()
     bedrock = client("bedrock", AwsSettings.from_env())
     jobs = [
         j for page in bedrock.get_paginator("list_model_invocation_jobs").paginate(nameContains=prefix)
@@ -122,6 +129,7 @@ def main() -> None:
         "rows": args.rows,
         "slots": args.slots,
         "slot_wait_s": args.slot_wait_s,
+        "endpoint": args.endpoint,
         "max_records_per_job": max_records,
         "jobs": len(jobs),
         "statuses": sorted({j["status"] for j in jobs}),

@@ -38,8 +38,15 @@ from tasks.steps import (
 from tasks.watch import RunWatcher
 
 DEFAULT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
-# Shard tasks kept waiting for a slot beyond those holding one: how many slots can be refilled at once.
-WAITING_TASKS = 2
+
+
+def waiting_tasks(slots: int) -> int:
+    """Shard tasks kept waiting for a slot beyond those holding one: how many slots refill at once.
+
+    Each polls the Prefect API every SLOT_RETRY_S (a slot freed in this process wakes one at once), so
+    not one per slot: half the slots, which covers a wave of balanced jobs ending together.
+    """
+    return max(2, slots // 2)
 
 
 def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | None) -> list[ShardOutcome]:
@@ -54,7 +61,8 @@ def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | No
     ensure_limit(limit, cfg.max_concurrent_jobs)
     reclaim_orphaned_slots(limit)
     outcomes: list[ShardOutcome] = []
-    with ThreadPoolTaskRunner(max_workers=cfg.max_concurrent_jobs + WAITING_TASKS) as job_runner, \
+    threads = cfg.max_concurrent_jobs + waiting_tasks(cfg.max_concurrent_jobs)
+    with ThreadPoolTaskRunner(max_workers=threads) as job_runner, \
             ThreadPoolTaskRunner(max_workers=2) as collect_runner:
         shard_of: dict[Any, Any] = {}
         for shard in prepared.shards:

@@ -15,7 +15,7 @@ import fcntl
 import logging
 import os
 import re
-import time
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -30,8 +30,9 @@ from prefect.types._concurrency import ConcurrencyLeaseHolder
 
 log = logging.getLogger(__name__)
 
-# How often a task waiting for a slot asks for one (see hold_slot): the bound on a freed slot's idle time.
-SLOT_RETRY_S = 1.0
+# How often a task waiting for a slot asks for one freed by another process (see hold_slot).
+SLOT_RETRY_S = 5.0
+_slot_freed = threading.Condition()
 FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 _live_files: dict[str, IO[str]] = {}
 
@@ -66,29 +67,38 @@ def hold_slot(
     retry_s: float = SLOT_RETRY_S,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[None]:
-    """Hold one slot of `name` with a renewed lease, asking for a free one every `retry_s` seconds.
+    """Hold one slot of `name` with a renewed lease; while all are taken, wait for one to be freed.
 
     Prefect's own wait sleeps for the server's Retry-After, which is the limit's average slot occupancy
-    capped at 30 s: with jobs that run for hours, a freed slot would sit empty for up to 30 s. A task
-    already waiting here takes it within `retry_s`.
+    capped at 30 s: with jobs that run for hours, a freed slot would sit empty for up to 30 s. Here a
+    slot given back in this process wakes one waiting task at once; slots freed elsewhere (other runs,
+    other workers) are found by asking again every `retry_s` seconds.
     """
     holder = ConcurrencyLeaseHolder(type="task_run", id=task_run_id) if task_run_id else None
-    with ExitStack() as stack:
-        while True:
-            try:
-                stack.enter_context(concurrency(
-                    name, occupy=1, strict=True, lease_duration=lease_s, holder=holder,
-                    raise_on_lease_renewal_failure=False, max_retries=0,
-                ))
-                break
-            except Exception as err:  # Prefect wraps the 423 (slots taken) of its HTTP call
-                cause = err.__cause__
-                if not (isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423):
-                    raise
-                if should_stop():
-                    raise SlotWaitCancelled(f"cancelled while waiting for a slot of {name}") from None
-                time.sleep(min(retry_s, float(cause.response.headers.get("Retry-After", retry_s))))
-        yield
+    acquired = False
+    try:
+        with ExitStack() as stack:
+            while True:
+                try:
+                    stack.enter_context(concurrency(
+                        name, occupy=1, strict=True, lease_duration=lease_s, holder=holder,
+                        raise_on_lease_renewal_failure=False, max_retries=0,
+                    ))
+                    acquired = True
+                    break
+                except Exception as err:  # Prefect wraps the 423 (slots taken) of its HTTP call
+                    cause = err.__cause__
+                    if not (isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423):
+                        raise
+                    if should_stop():
+                        raise SlotWaitCancelled(f"cancelled while waiting for a slot of {name}") from None
+                    with _slot_freed:
+                        _slot_freed.wait(min(retry_s, float(cause.response.headers.get("Retry-After", retry_s))))
+            yield
+    finally:
+        if acquired:  # given back (the context has exited): let one waiting task take it
+            with _slot_freed:
+                _slot_freed.notify()
 
 
 def _live_dir() -> Path:
