@@ -188,9 +188,10 @@ def write_outputs(
     base = f"{prefix.rstrip('/')}/{job_id}" if prefix.strip("/") else job_id
     done = answers.head(processed)
     for i, f in enumerate(job_input.files):
-        lines = done.filter(pl.col("file") == i)["line"]
-        body = (lines.str.join("\n").item() + "\n").encode() if len(lines) else b""
-        s3.upload_fileobj(io.BytesIO(body), bucket, f"{base}/{f.name}.out", Config=MULTIPART)
+        body = io.BytesIO()  # written by Polars: no Python string of the whole file
+        done.filter(pl.col("file") == i).select("line").write_csv(body, include_header=False, quote_style="never")
+        body.seek(0)
+        s3.upload_fileobj(body, bucket, f"{base}/{f.name}.out", Config=MULTIPART)
     manifest = {
         "totalRecordCount": job_input.total,
         "processedRecordCount": processed,
