@@ -123,9 +123,13 @@ class Job:
 class JobEngine:
     """All jobs of the emulated account and region, their quota and their threads."""
 
-    def __init__(self, profile: Profile, s3_client: Callable[[], Any], region: str = "us-east-1") -> None:
+    def __init__(
+        self, profile: Profile, s3_client: Callable[[], Any], region: str = "us-east-1",
+        put_object: Callable[[str, str, bytes], bool] | None = None,
+    ) -> None:
         self.region = region
         self._s3_client = s3_client
+        self._put_object = put_object  # output files without HTTP, when the server can (see write_outputs)
         self._lock = threading.RLock()
         self._profile = profile
         self._jobs: dict[str, Job] = {}
@@ -301,7 +305,7 @@ class JobEngine:
         done = job.processed()
         job.processed_final = done
         if job_input is not None and answers is not None:
-            write_outputs(s3, _output_uri(job), job.job_id, job_input, answers, done)
+            write_outputs(s3, _output_uri(job), job.job_id, job_input, answers, done, self._put_object)
         time.sleep(self._profile.real(self._profile.stop_s))
         self._set(job, "Stopped")
 
@@ -360,7 +364,7 @@ class JobEngine:
         job.run_started = time.monotonic()
         if not self._wait(job, p.record_s * limit):
             return self._end_stopped(job, s3, job_input, answers)
-        write_outputs(s3, _output_uri(job), job.job_id, job_input, answers, limit)
+        write_outputs(s3, _output_uri(job), job.job_id, job_input, answers, limit, self._put_object)
         job.processed_final = limit
         if partial:
             return self._set(

@@ -15,7 +15,9 @@ from typing import Any
 import boto3
 import orjson
 from botocore.config import Config
+from moto.core import DEFAULT_ACCOUNT_ID
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.s3.models import s3_backends
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -50,6 +52,16 @@ class _QuietHandler(MotoRequestHandler):
         return None
 
 
+def _put_in_moto(bucket: str, key: str, body: bytes) -> bool:
+    """Store a job's output file straight in this process's moto S3 backend (half the time of an HTTP PUT
+    of the same bytes); False, to go over HTTP, when the bucket is not in the default account's backend."""
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    if bucket not in backend.buckets:
+        return False
+    backend.put_object(bucket, key, body)
+    return True
+
+
 class EmulatorServer:
     """The running endpoint. Use `start()` to create one."""
 
@@ -63,7 +75,7 @@ class EmulatorServer:
         self.host, self.port = self._server.server_address[:2]
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
-        self.engine = JobEngine(load_profile(profile), lambda: self.client("s3"), REGION)
+        self.engine = JobEngine(load_profile(profile), lambda: self.client("s3"), REGION, _put_in_moto)
         self.api = BedrockApi(self.engine)
         self._metrics = MetricsPublisher(self.engine, lambda: self.client("cloudwatch"))
         self._thread = threading.Thread(
