@@ -14,7 +14,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import cost as costs
-from tasks.concurrency import ensure_limit, limit_name, mark_process_alive, reclaim_orphaned_slots
+from tasks.concurrency import ensure_limit, limit_name, mark_process_alive, reclaim_orphaned_slots, waiting_tasks
 from tasks.config import InvocationType, RunConfig, config_from_params
 from tasks.prepare import PreparedRun
 from tasks.report import (
@@ -38,15 +38,6 @@ from tasks.steps import (
 from tasks.watch import RunWatcher
 
 DEFAULT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
-
-
-def waiting_tasks(slots: int) -> int:
-    """Shard tasks kept waiting for a slot beyond those holding one: how many slots refill at once.
-
-    Each polls the Prefect API every SLOT_RETRY_S (a slot freed in this process wakes one at once), so
-    not one per slot: half the slots, which covers a wave of balanced jobs ending together.
-    """
-    return max(2, slots // 2)
 
 
 def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | None) -> list[ShardOutcome]:

@@ -54,6 +54,15 @@ def active_slots(name: str) -> int:
         return int(client.read_global_concurrency_limit_by_name(name).active_slots)
 
 
+def waiting_tasks(slots: int) -> int:
+    """Shard tasks to keep waiting in `hold_slot` beyond those holding a slot: how many refill at once.
+
+    Each asks the Prefect API every SLOT_RETRY_S (a slot freed in this process wakes one at once), so
+    not one per slot: half the slots, which covers a wave of balanced jobs ending together.
+    """
+    return max(2, slots // 2)
+
+
 class SlotWaitCancelled(Exception):
     """The run was cancelled while its task waited for a slot: nothing was submitted."""
 

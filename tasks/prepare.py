@@ -168,19 +168,16 @@ def _sha256(files: list[Path], start: int, length: int) -> str:
     return digest.hexdigest()
 
 
-def _upload(path: Path, uri: str, aws: AwsSettings, chunk_bytes: int) -> None:
-    """Upload a file (then delete it), with S3 multipart above `chunk_bytes`."""
+def _upload(what: Path | tuple[list[Path], int, int], uri: str, aws: AwsSettings, chunk_bytes: int) -> None:
+    """Upload a file (then delete it), or bytes (start, length) of files read as one; S3 multipart above
+    `chunk_bytes`."""
     bucket, key = split_s3_uri(uri)
     config = TransferConfig(multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes, max_concurrency=4)
-    client("s3", aws).upload_file(str(path), bucket, key, Config=config)
-    path.unlink(missing_ok=True)
-
-
-def _upload_span(files: list[Path], span: tuple[int, int], uri: str, aws: AwsSettings, chunk_bytes: int) -> None:
-    """Upload bytes `span` = (start, length) of `files` read as one, with S3 multipart above `chunk_bytes`."""
-    bucket, key = split_s3_uri(uri)
-    config = TransferConfig(multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes, max_concurrency=4)
-    with _Span(files, *span) as body:
+    if isinstance(what, Path):
+        client("s3", aws).upload_file(str(what), bucket, key, Config=config)
+        what.unlink(missing_ok=True)
+        return
+    with _Span(*what) as body:
         client("s3", aws).upload_fileobj(io.BufferedReader(body, 1 << 20), bucket, key, Config=config)
 
 
@@ -293,8 +290,8 @@ def prepare_run(
             clock = time.perf_counter()
             uploads: list[Future[Any]] = []
 
-            def upload(path: Path, uri: str) -> None:
-                uploads.append(pool.submit(_upload, path, uri, aws, multipart_chunk_bytes))
+            def upload(what: Path | tuple[list[Path], int, int], uri: str) -> None:
+                uploads.append(pool.submit(_upload, what, uri, aws, multipart_chunk_bytes))
 
             if invalid_rows:
                 invalid_path = tmpdir / "invalid.parquet"
@@ -332,8 +329,7 @@ def prepare_run(
                         content_hash=digest.result(),
                         start=spec.start,
                     )
-                    uploads.append(pool.submit(_upload_span, lines, (int(offsets[spec.start]), spec.bytes),
-                                               shard.input_uri, aws, multipart_chunk_bytes))
+                    upload((lines, int(offsets[spec.start]), spec.bytes), shard.input_uri)
                     upload(snapshot, shard.snapshot_uri)
                     run.shards.append(shard)
             timings["snapshots"] = time.perf_counter() - clock
