@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from emulator.families import Family, model_key, resolve_family
 from emulator.processing import InputInvalid, JobInput, answer, load_input, write_outputs
 from emulator.profile import Profile
 from emulator.service_model import ApiError, iso
+from emulator.storage import ObjectStore
 
 ACCOUNT_ID = "123456789012"
 IN_FLIGHT = frozenset({"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"})
@@ -123,15 +125,12 @@ class Job:
 class JobEngine:
     """All jobs of the emulated account and region, their quota and their threads."""
 
-    def __init__(
-        self, profile: Profile, s3_client: Callable[[], Any], region: str = "us-east-1",
-        put_object: Callable[[str, str, bytes], bool] | None = None,
-    ) -> None:
+    def __init__(self, profile: Profile, store: ObjectStore, region: str = "us-east-1") -> None:
         self.region = region
-        self._s3_client = s3_client
-        self._put_object = put_object  # output files without HTTP, when the server can (see write_outputs)
+        self._store = store  # job inputs and outputs (emulator/storage.py)
         self._lock = threading.RLock()
         self._profile = profile
+        self._work = threading.BoundedSemaphore(profile.worker_count())
         self._jobs: dict[str, Job] = {}
         self._tokens: dict[str, str] = {}
         self._foreign: dict[str, list[float]] = {}
@@ -144,8 +143,19 @@ class JobEngine:
 
     def set_profile(self, profile: Profile) -> None:
         with self._lock:
+            if profile.worker_count() != self._profile.worker_count():
+                self._work = threading.BoundedSemaphore(profile.worker_count())
             self._profile = profile
             self._foreign.clear()
+
+    @contextmanager
+    def _working(self) -> Iterator[None]:
+        """Hold one of the `workers` slots while a job reads, answers or writes its records: any number of
+        jobs may be in flight, but only a few at a time hold a file's worth of frames (and compete for the
+        cores), which bounds the emulator's memory and keeps its throughput at its best."""
+        work = self._work
+        with work:
+            yield
 
     def reset(self) -> None:
         """Forget every job (their threads exit without writing), foreign jobs and peaks."""
@@ -297,15 +307,14 @@ class JobEngine:
         """Wait an emulated span; False when the job was stopped or reset meanwhile."""
         return not job.stop_event.wait(self._profile.real(emulated_s))
 
-    def _end_stopped(
-        self, job: Job, s3: Any, job_input: JobInput | None, answers: pl.DataFrame | None
-    ) -> None:
+    def _end_stopped(self, job: Job, job_input: JobInput | None, answers: pl.DataFrame | None) -> None:
         if job.cancelled:
             return
         done = job.processed()
         job.processed_final = done
         if job_input is not None and answers is not None:
-            write_outputs(s3, _output_uri(job), job.job_id, job_input, answers, done, self._put_object)
+            with self._working():
+                write_outputs(self._store, _output_uri(job), job.job_id, job_input, answers, done)
         time.sleep(self._profile.real(self._profile.stop_s))
         self._set(job, "Stopped")
 
@@ -317,9 +326,8 @@ class JobEngine:
 
     def _lifecycle(self, job: Job) -> None:
         p = self._profile
-        s3 = self._s3_client()
         if not self._wait(job, p.submit_s):
-            return self._end_stopped(job, s3, None, None)
+            return self._end_stopped(job, None, None)
         self._set(job, "Validating")
         started = time.monotonic()
         failure: str | None = None
@@ -328,14 +336,15 @@ class JobEngine:
             failure = p.job_failure_message
         else:
             try:
-                job_input = load_input(s3, _input_uri(job), p)
+                with self._working():
+                    job_input = load_input(self._store, _input_uri(job), p, job.family)
                 job.total = job_input.total
             except InputInvalid as exc:
                 failure = str(exc)
         if not self._wait(
             job, max(0.0, p.validation_s - (time.monotonic() - started) / max(p.time_scale, 1e-12))
         ):
-            return self._end_stopped(job, s3, None, None)
+            return self._end_stopped(job, None, None)
         if failure is not None or job_input is None:
             return self._set(job, "Failed", failure)
         self._set(job, "Scheduled")
@@ -344,13 +353,14 @@ class JobEngine:
             if self._wait(job, min(p.queue_s, timeout_s)):
                 self._set(job, "Expired", "The job expired because it did not start before its timeout.")
                 return None
-            return self._end_stopped(job, s3, None, None)
+            return self._end_stopped(job, None, None)
         if not self._wait(job, min(p.queue_s, timeout_s)):
-            return self._end_stopped(job, s3, None, None)
+            return self._end_stopped(job, None, None)
         if p.queue_s >= timeout_s:
             return self._set(job, "Expired", "The job expired because it did not start before its timeout.")
         self._set(job, "InProgress")
-        answers = answer(job_input, job.family, job.model_id, job.name, p)
+        with self._working():
+            answers = answer(job_input, job.family, job.model_id, job.name, p)
         partial = p.draw("partial", job.name) < p.partial_rate or _matches(job.name, p.partial_jobs_matching)
         total = job_input.total
         limit = total
@@ -363,8 +373,9 @@ class JobEngine:
         job.run_duration = p.real(p.record_s * limit)
         job.run_started = time.monotonic()
         if not self._wait(job, p.record_s * limit):
-            return self._end_stopped(job, s3, job_input, answers)
-        write_outputs(s3, _output_uri(job), job.job_id, job_input, answers, limit, self._put_object)
+            return self._end_stopped(job, job_input, answers)
+        with self._working():
+            write_outputs(self._store, _output_uri(job), job.job_id, job_input, answers, limit)
         job.processed_final = limit
         if partial:
             return self._set(

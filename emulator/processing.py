@@ -1,28 +1,23 @@
-"""What happens inside one batch job: read and validate its input from S3, answer every record, inject
-record faults, and write `{out}/{jobId}/{file}.out` plus `manifest.json.out` as Bedrock lays them out.
+"""What happens inside one batch job: read and validate its input, answer every record, inject record
+faults, and write `{out}/{jobId}/{file}.out` plus `manifest.json.out` as Bedrock lays them out.
 
-S3 is reached through boto3 against an endpoint (the emulator's own moto by default), so the same code
-would run against any S3.
+Objects are read and written through an `ObjectStore` (emulator/storage.py): the server's own moto
+backend directly, or any S3 through boto3.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import orjson
 import polars as pl
-from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError
 
-from emulator.families import Family
+from emulator.families import INPUT_SHAPES, Family
 from emulator.profile import Profile
-from emulator.records import first_invalid_line, generate, output_lines, split_lines
-
-MULTIPART = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=4)
+from emulator.records import BadLine, generate, output_lines, validate
+from emulator.storage import ObjectStore, StoreError
 
 RETRYABLE_ERRORS = {
     429: "Too many requests, please wait before trying again.",
@@ -46,7 +41,8 @@ def split_uri(uri: str) -> tuple[str, str]:
 @dataclass
 class InputFile:
     key: str
-    lines: list[bytes]
+    lines: pl.Series
+    features: pl.DataFrame  # decoded once, at validation (records.validate)
 
     @property
     def name(self) -> str:
@@ -69,27 +65,15 @@ def _access_denied(uri: str) -> InputInvalid:
     )
 
 
-def load_input(s3: Any, uri: str, profile: Profile) -> JobInput:
-    """Read a `.jsonl` object, or every `.jsonl` object under a prefix, and apply Bedrock's input checks."""
+def load_input(store: ObjectStore, uri: str, profile: Profile, family: Family) -> JobInput:
+    """Read a `.jsonl` object, or every `.jsonl` object under a prefix, and apply Bedrock's input checks.
+
+    Each file is parsed once, under the family's input shapes; the features travel with the job.
+    """
     bucket, key = split_uri(uri)
-    keys: list[tuple[str, int]] = []
     try:
-        if key and not key.endswith("/"):
-            try:
-                head = s3.head_object(Bucket=bucket, Key=key)
-                keys = [(key, int(head["ContentLength"]))]
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] not in ("404", "NoSuchKey", "NotFound"):
-                    raise
-        if not keys:
-            prefix = f"{key.rstrip('/')}/" if key else ""
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                keys += [
-                    (o["Key"], int(o["Size"]))
-                    for o in page.get("Contents", [])
-                    if o["Key"].endswith(".jsonl")
-                ]
-    except ClientError as exc:
+        keys = store.listing(bucket, key)
+    except StoreError as exc:
         raise _access_denied(uri) from exc
     if not keys:
         raise InputInvalid(
@@ -102,20 +86,21 @@ def load_input(s3: Any, uri: str, profile: Profile) -> JobInput:
                 f"The input file s3://{bucket}/{name} is {size} bytes, which exceeds the maximum input file "
                 f"size of {profile.max_file_bytes} bytes."
             )
-        data = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
-        lines = split_lines(data)
-        bad = first_invalid_line(lines)
-        if bad is not None:
+        try:
+            lines, features = validate(store.get(bucket, name), INPUT_SHAPES[family])
+        except StoreError as exc:
+            raise _access_denied(f"s3://{bucket}/{name}") from exc
+        except BadLine as exc:
             raise InputInvalid(
-                f"Invalid JSON in line {bad[0]} of s3://{bucket}/{name}: {bad[1]}. "
+                f"Invalid JSON in line {exc.number} of s3://{bucket}/{name}: {exc.reason}. "
                 "Each line of the input file must be a JSON object."
-            )
+            ) from None
         if len(lines) > profile.max_records:
             raise InputInvalid(
                 f"The input file s3://{bucket}/{name} has {len(lines)} records, which exceeds the maximum of "
                 f"{profile.max_records} records per input file."
             )
-        job_input.files.append(InputFile(name, lines))
+        job_input.files.append(InputFile(name, lines, features))
     if job_input.total > profile.max_records:
         raise InputInvalid(
             f"The job has {job_input.total} records, which exceeds the maximum of {profile.max_records} "
@@ -138,7 +123,7 @@ def answer(
     Columns: file, line (the output line), ok, input_tokens, output_tokens.
     """
     frames = [
-        generate(f.lines, family, model_id).with_columns(file=pl.lit(i, pl.Int32))
+        generate(f.lines, family, model_id, f.features).with_columns(file=pl.lit(i, pl.Int32))
         for i, f in enumerate(job_input.files)
     ]
     df = with_record_faults(pl.concat(frames), profile, job_name)
@@ -182,24 +167,16 @@ def with_record_faults(df: pl.DataFrame, profile: Profile, job_name: str) -> pl.
 
 
 def write_outputs(
-    s3: Any, output_uri: str, job_id: str, job_input: JobInput, answers: pl.DataFrame, processed: int,
-    put: Callable[[str, str, bytes], bool] | None = None,
+    store: ObjectStore, output_uri: str, job_id: str, job_input: JobInput, answers: pl.DataFrame, processed: int
 ) -> dict[str, int]:
-    """Write the first `processed` answers (processing order) and the manifest; return the manifest.
-
-    `put(bucket, key, body)` may store an output file without HTTP (the server's moto backend); it
-    returns False to leave the file to `s3`.
-    """
+    """Write the first `processed` answers (processing order) and the manifest; return the manifest."""
     bucket, prefix = split_uri(output_uri)
     base = f"{prefix.rstrip('/')}/{job_id}" if prefix.strip("/") else job_id
     done = answers.head(processed)
     for i, f in enumerate(job_input.files):
         body = io.BytesIO()  # written by Polars: no Python string of the whole file
         done.filter(pl.col("file") == i).select("line").write_csv(body, include_header=False, quote_style="never")
-        key = f"{base}/{f.name}.out"
-        if put is None or not put(bucket, key, body.getvalue()):
-            body.seek(0)
-            s3.upload_fileobj(body, bucket, key, Config=MULTIPART)
+        store.put(bucket, f"{base}/{f.name}.out", body.getvalue())
     manifest = {
         "totalRecordCount": job_input.total,
         "processedRecordCount": processed,
@@ -208,5 +185,5 @@ def write_outputs(
         "inputTokenCount": int(done["input_tokens"].sum()),
         "outputTokenCount": int(done["output_tokens"].sum()),
     }
-    s3.put_object(Bucket=bucket, Key=f"{base}/manifest.json.out", Body=orjson.dumps(manifest))
+    store.put(bucket, f"{base}/manifest.json.out", orjson.dumps(manifest))
     return manifest

@@ -54,6 +54,7 @@ class Profile:
     max_file_bytes: int = 1_000_000_000
     shuffle_output: bool = True
     metrics_interval_s: float = 60.0
+    workers: int = 0
     fail_jobs_matching: tuple[str, ...] = field(default=())
     expire_jobs_matching: tuple[str, ...] = field(default=())
     partial_jobs_matching: tuple[str, ...] = field(default=())
@@ -80,6 +81,10 @@ class Profile:
 
     def replace(self, **changes: Any) -> Profile:
         return Profile.from_dict({**self.to_dict(), **changes})
+
+    def worker_count(self) -> int:
+        """Jobs whose records are read, answered or written at once (`workers`; 0 = CPU count + 1)."""
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1) + 1
 
     def real(self, emulated_seconds: float) -> float:
         """Real seconds for a span of emulated seconds."""

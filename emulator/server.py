@@ -25,6 +25,7 @@ from emulator.api import BEDROCK_PATH, BedrockApi
 from emulator.jobs import JobEngine
 from emulator.metrics import MetricsPublisher
 from emulator.profile import Profile, load_profile
+from emulator.storage import MotoStore, S3Store
 
 REGION = "us-east-1"
 DUMMY_KEY = "testing"
@@ -52,16 +53,6 @@ class _QuietHandler(MotoRequestHandler):
         return None
 
 
-def _put_in_moto(bucket: str, key: str, body: bytes) -> bool:
-    """Store a job's output file straight in this process's moto S3 backend (half the time of an HTTP PUT
-    of the same bytes); False, to go over HTTP, when the bucket is not in the default account's backend."""
-    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-    if bucket not in backend.buckets:
-        return False
-    backend.put_object(bucket, key, body)
-    return True
-
-
 class EmulatorServer:
     """The running endpoint. Use `start()` to create one."""
 
@@ -75,7 +66,8 @@ class EmulatorServer:
         self.host, self.port = self._server.server_address[:2]
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
-        self.engine = JobEngine(load_profile(profile), lambda: self.client("s3"), REGION, _put_in_moto)
+        store = MotoStore(lambda: s3_backends[DEFAULT_ACCOUNT_ID]["aws"], S3Store(lambda: self.client("s3")))
+        self.engine = JobEngine(load_profile(profile), store, REGION)
         self.api = BedrockApi(self.engine)
         self._metrics = MetricsPublisher(self.engine, lambda: self.client("cloudwatch"))
         self._thread = threading.Thread(

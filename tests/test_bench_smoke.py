@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 KEYS = {
     "prepare_rows_per_s", "prepare_vs_floor", "collect_rows_per_s", "collect_vs_floor", "titan_collect_vs_floor",
-    "peak_rss_mb", "makespan_vs_lower_bound", "refill_delay_s",
+    "peak_rss_mb", "makespan_vs_lower_bound", "refill_delay_s", "emulator_rows_per_s", "emulator_vs_prepare",
 }
 
 

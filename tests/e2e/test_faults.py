@@ -295,18 +295,19 @@ def test_retryable_record_errors_are_repaired_and_the_others_are_named_in_the_ou
 
 
 @pytest.fixture
-def broken_outputs(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+def broken_outputs(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> Callable[[str], None]:
     """Damage what the emulator writes for this run's jobs: shard 1 gets three truncated lines, shard 2
     loses its `.jsonl.out`, shard 3 its `manifest.json.out` (as a flaky writer or a lifecycle rule might)."""
-    import emulator.jobs
+    import emulator.jobs as emulator_jobs
     from emulator.processing import split_uri, write_outputs
 
     stem: list[str] = []
 
-    def damaged(s3: Any, output_uri: str, job_id: str, *args: Any, **kwargs: Any) -> dict[str, int]:
-        manifest = write_outputs(s3, output_uri, job_id, *args, **kwargs)
+    def damaged(store: Any, output_uri: str, job_id: str, *args: Any, **kwargs: Any) -> dict[str, int]:
+        manifest = write_outputs(store, output_uri, job_id, *args, **kwargs)
         if not stem or stem[0] not in output_uri:
             return manifest
+        s3 = emulator.client("s3")
         bucket, prefix = split_uri(output_uri)
         base = f"{prefix.rstrip('/')}/{job_id}"
         if "/jobs/shard-0001/" in output_uri:
@@ -320,7 +321,7 @@ def broken_outputs(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
             s3.delete_object(Bucket=bucket, Key=f"{base}/manifest.json.out")
         return manifest
 
-    monkeypatch.setattr(emulator.jobs, "write_outputs", damaged)
+    monkeypatch.setattr(emulator_jobs, "write_outputs", damaged)
     return stem.append
 
 

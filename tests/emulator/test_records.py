@@ -1,11 +1,14 @@
-"""The columnar record pipeline on its own: byte-exact truncation, and odd records isolated, not fatal."""
+"""The columnar record pipeline on its own: validation, byte-exact truncation, and odd records isolated,
+not fatal."""
 
 from __future__ import annotations
 
 import json
 
-from emulator.families import Family, resolve_family
-from emulator.records import generate, output_lines
+import pytest
+
+from emulator.families import INPUT_SHAPES, Family, resolve_family
+from emulator.records import BadLine, generate, output_lines, validate
 
 
 def _claude(record_id: str, text: str, max_tokens: int = 100) -> bytes:
@@ -60,3 +63,40 @@ def test_families_are_recognised_from_ids_profiles_and_arns():
     }
     assert {m: resolve_family(m) for m in cases} == cases
     assert resolve_family("meta.llama3-8b-instruct-v1:0", "Converse") is Family.CONVERSE
+
+
+def test_validation_skips_blank_lines_and_reads_crlf_files():
+    data = b"\r\n".join([_claude("a", "x"), b"", b"   ", _claude("b", "y")]) + b"\r\n"
+    lines, features = validate(data, INPUT_SHAPES[Family.CLAUDE])
+    assert features["record_id"].to_list() == ["a", "b"] and len(lines) == 2
+    assert features["error"].null_count() == 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (b'{"recordId": "x"} {"recordId": "y"}', "unexpected content"),
+        (b'{"recordId": "\xff"}', "UTF-8"),
+        (b'{"recordId": "a\x00b"}', "control character"),
+        (b"[1, 2]", "one JSON object"),
+    ],
+)
+def test_a_line_that_is_not_one_json_object_is_named_by_number(bad: bytes, reason: str):
+    data = b"\n".join([_claude("a", "x"), _claude("b", "y"), bad, _claude("c", "z")])
+    with pytest.raises(BadLine) as caught:
+        validate(data, INPUT_SHAPES[Family.CLAUDE])
+    assert caught.value.number == 3 and reason in caught.value.reason
+
+
+def test_records_no_shape_fits_are_errors_not_a_bad_file():
+    odd = b'{"recordId": "odd", "modelInput": {"max_tokens": "many"}}'
+    _, features = validate(b"\n".join([_claude("a", "x"), odd]), INPUT_SHAPES[Family.CLAUDE])
+    assert features["error"][0] is None and "#/max_tokens" in features["error"][1]
+
+
+def test_output_lines_are_json_for_empty_objects_blank_padding_and_missing_ids():
+    lines = [b"{ }", b'{"modelInput": {"prompt": "x"}}  ', b'{"recordId": "own", "modelInput": {"prompt": "y"}}']
+    parsed = [json.loads(line) for line in output_lines(generate(lines, Family.LLAMA, "meta.llama3-8b"))]
+    assert parsed[0]["recordId"] == "RECORD0000001" and parsed[0]["error"]["errorCode"] == 400
+    assert parsed[1]["recordId"] == "RECORD0000002" and parsed[1]["modelInput"] == {"prompt": "x"}
+    assert parsed[2]["recordId"] == "own" and parsed[2]["modelOutput"]["generation"] == "Emulated reply to: y"
