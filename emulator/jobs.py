@@ -11,8 +11,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +23,7 @@ from emulator.processing import InputInvalid, JobInput, answer, load_input, writ
 from emulator.profile import Profile
 from emulator.service_model import ApiError, iso
 from emulator.storage import ObjectStore
+from emulator.workers import Stage, Workers
 
 ACCOUNT_ID = "123456789012"
 IN_FLIGHT = frozenset({"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"})
@@ -130,7 +129,7 @@ class JobEngine:
         self._store = store  # job inputs and outputs (emulator/storage.py)
         self._lock = threading.RLock()
         self._profile = profile
-        self._work = threading.BoundedSemaphore(profile.worker_count())
+        self._workers = Workers(profile.worker_count())  # processing slots (emulator/workers.py)
         self._jobs: dict[str, Job] = {}
         self._tokens: dict[str, str] = {}
         self._foreign: dict[str, list[float]] = {}
@@ -143,19 +142,9 @@ class JobEngine:
 
     def set_profile(self, profile: Profile) -> None:
         with self._lock:
-            if profile.worker_count() != self._profile.worker_count():
-                self._work = threading.BoundedSemaphore(profile.worker_count())
+            self._workers.resize(profile.worker_count())
             self._profile = profile
             self._foreign.clear()
-
-    @contextmanager
-    def _working(self) -> Iterator[None]:
-        """Hold one of the `workers` slots while a job reads, answers or writes its records: any number of
-        jobs may be in flight, but only a few at a time hold a file's worth of frames (and compete for the
-        cores), which bounds the emulator's memory and keeps its throughput at its best."""
-        work = self._work
-        with work:
-            yield
 
     def reset(self) -> None:
         """Forget every job (their threads exit without writing), foreign jobs and peaks."""
@@ -200,6 +189,7 @@ class JobEngine:
                 "peak_in_flight": dict(sorted(self._peak.items())),
                 "foreign_in_flight": {k: n for k in sorted(keys) if (n := self._foreign_active(k))},
                 "quota": self._profile.quota,
+                "workers": self._workers.state(),
             }
 
     # -------------------------------------------------------------------------------------- operations
@@ -313,7 +303,7 @@ class JobEngine:
         done = job.processed()
         job.processed_final = done
         if job_input is not None and answers is not None:
-            with self._working():
+            with self._workers.slot(Stage.WRITE):
                 write_outputs(self._store, _output_uri(job), job.job_id, job_input, answers, done)
         time.sleep(self._profile.real(self._profile.stop_s))
         self._set(job, "Stopped")
@@ -336,7 +326,7 @@ class JobEngine:
             failure = p.job_failure_message
         else:
             try:
-                with self._working():
+                with self._workers.slot(Stage.READ):
                     job_input = load_input(self._store, _input_uri(job), p, job.family)
                 job.total = job_input.total
             except InputInvalid as exc:
@@ -359,8 +349,9 @@ class JobEngine:
         if p.queue_s >= timeout_s:
             return self._set(job, "Expired", "The job expired because it did not start before its timeout.")
         self._set(job, "InProgress")
-        with self._working():
+        with self._workers.slot(Stage.ANSWER):
             answers = answer(job_input, job.family, job.model_id, job.name, p)
+        job_input.release()
         partial = p.draw("partial", job.name) < p.partial_rate or _matches(job.name, p.partial_jobs_matching)
         total = job_input.total
         limit = total
@@ -374,7 +365,7 @@ class JobEngine:
         job.run_started = time.monotonic()
         if not self._wait(job, p.record_s * limit):
             return self._end_stopped(job, job_input, answers)
-        with self._working():
+        with self._workers.slot(Stage.WRITE):
             write_outputs(self._store, _output_uri(job), job.job_id, job_input, answers, limit)
         job.processed_final = limit
         if partial:

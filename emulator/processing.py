@@ -7,12 +7,12 @@ backend directly, or any S3 through boto3.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 import polars as pl
+import pyarrow as pa
 
 from emulator.families import INPUT_SHAPES, Family
 from emulator.profile import Profile
@@ -41,8 +41,9 @@ def split_uri(uri: str) -> tuple[str, str]:
 @dataclass
 class InputFile:
     key: str
-    lines: pl.Series
-    features: pl.DataFrame  # decoded once, at validation (records.validate)
+    records: int
+    lines: pl.Series | None  # None once answered: a job holds a file's worth of frames only while needed
+    features: pl.DataFrame | None  # decoded once, at validation (records.validate)
 
     @property
     def name(self) -> str:
@@ -55,7 +56,12 @@ class JobInput:
 
     @property
     def total(self) -> int:
-        return sum(len(f.lines) for f in self.files)
+        return sum(f.records for f in self.files)
+
+    def release(self) -> None:
+        """Forget the records (kept: names and counts), once `answer` has used them."""
+        for f in self.files:
+            f.lines = f.features = None
 
 
 def _access_denied(uri: str) -> InputInvalid:
@@ -100,7 +106,7 @@ def load_input(store: ObjectStore, uri: str, profile: Profile, family: Family) -
                 f"The input file s3://{bucket}/{name} has {len(lines)} records, which exceeds the maximum of "
                 f"{profile.max_records} records per input file."
             )
-        job_input.files.append(InputFile(name, lines, features))
+        job_input.files.append(InputFile(name, len(lines), lines, features))
     if job_input.total > profile.max_records:
         raise InputInvalid(
             f"The job has {job_input.total} records, which exceeds the maximum of {profile.max_records} "
@@ -122,17 +128,18 @@ def answer(
 
     Columns: file, line (the output line), ok, input_tokens, output_tokens.
     """
-    frames = [
-        generate(f.lines, family, model_id, f.features).with_columns(file=pl.lit(i, pl.Int32))
-        for i, f in enumerate(job_input.files)
-    ]
+    frames = []
+    for i, f in enumerate(job_input.files):
+        if f.lines is None:
+            raise ValueError(f"the records of {f.key} were released before they were answered")
+        frames.append(generate(f.lines, family, model_id, f.features).with_columns(file=pl.lit(i, pl.Int32)))
     df = with_record_faults(pl.concat(frames), profile, job_name)
     if profile.shuffle_output:
         rng = np.random.default_rng(int(profile.draw("order", job_name) * 2**63))
         df = df[rng.permutation(len(df))]
     return df.select(
         "file",
-        output_lines(df).alias("line"),
+        output_lines(df, end="\n").alias("line"),
         pl.col("error_code").is_null().alias("ok"),
         "input_tokens",
         "output_tokens",
@@ -166,6 +173,16 @@ def with_record_faults(df: pl.DataFrame, profile: Profile, job_name: str) -> pl.
     )
 
 
+def _joined(lines: pl.Series) -> memoryview:
+    """The lines (each ending in a newline) as one buffer made by Polars: no Python copy of a file's
+    worth of bytes before the store's own."""
+    joined = lines.str.join("").to_arrow()
+    if joined.type != pa.large_string():
+        joined = joined.cast(pa.large_string())
+    data = joined.buffers()[2]
+    return memoryview(data) if data is not None else memoryview(b"")
+
+
 def write_outputs(
     store: ObjectStore, output_uri: str, job_id: str, job_input: JobInput, answers: pl.DataFrame, processed: int
 ) -> dict[str, int]:
@@ -174,9 +191,7 @@ def write_outputs(
     base = f"{prefix.rstrip('/')}/{job_id}" if prefix.strip("/") else job_id
     done = answers.head(processed)
     for i, f in enumerate(job_input.files):
-        body = io.BytesIO()  # written by Polars: no Python string of the whole file
-        done.filter(pl.col("file") == i).select("line").write_csv(body, include_header=False, quote_style="never")
-        store.put(bucket, f"{base}/{f.name}.out", body.getvalue())
+        store.put(bucket, f"{base}/{f.name}.out", _joined(done.filter(pl.col("file") == i)["line"]))
     manifest = {
         "totalRecordCount": job_input.total,
         "processedRecordCount": processed,

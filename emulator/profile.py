@@ -83,8 +83,8 @@ class Profile:
         return Profile.from_dict({**self.to_dict(), **changes})
 
     def worker_count(self) -> int:
-        """Jobs whose records are read, answered or written at once (`workers`; 0 = CPU count + 1)."""
-        return self.workers if self.workers > 0 else (os.cpu_count() or 1) + 1
+        """Jobs whose records are read, answered or written at once (`workers`; 0 = the CPU count)."""
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
 
     def real(self, emulated_seconds: float) -> float:
         """Real seconds for a span of emulated seconds."""

@@ -238,9 +238,9 @@ def _glue(df: pl.DataFrame, generated_id: pl.Expr) -> pl.Expr:
     return comma + pl.when(no_id).then(pl.format('"recordId":"{}",', generated_id)).otherwise(pl.lit(""))
 
 
-def output_lines(df: pl.DataFrame) -> pl.Series:
-    """Bedrock's `.jsonl.out` lines: the input line's members + `modelOutput`, or + `error`, built in one
-    pass over the frame (the lines are the biggest strings the emulator handles)."""
+def output_lines(df: pl.DataFrame, end: str = "") -> pl.Series:
+    """Bedrock's `.jsonl.out` lines: the input line's members + `modelOutput`, or + `error`, then `end`,
+    built in one pass over the frame (the lines are the biggest strings the emulator handles)."""
     error = pl.struct(pl.col("error_code").alias("errorCode"), pl.col("error_message").alias("errorMessage"))
     ok = pl.col("output").is_not_null()
     line = pl.concat_str(
@@ -250,7 +250,7 @@ def output_lines(df: pl.DataFrame) -> pl.Series:
             pl.when(ok).then(pl.lit('"modelOutput":')),
             pl.col("output"),
             pl.when(~ok).then(pl.lit('"error":') + error.struct.json_encode()),
-            pl.lit("}"),
+            pl.lit("}" + end),
         ],
         ignore_nulls=True,
     )

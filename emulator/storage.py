@@ -30,7 +30,7 @@ class ObjectStore(Protocol):
 
     def get(self, bucket: str, key: str) -> bytes: ...
 
-    def put(self, bucket: str, key: str, body: bytes) -> None: ...
+    def put(self, bucket: str, key: str, body: bytes | memoryview) -> None: ...
 
 
 class S3Store:
@@ -64,7 +64,7 @@ class S3Store:
         except ClientError as exc:
             raise StoreError(str(exc)) from exc
 
-    def put(self, bucket: str, key: str, body: bytes) -> None:
+    def put(self, bucket: str, key: str, body: bytes | memoryview) -> None:
         self._client().upload_fileobj(io.BytesIO(body), bucket, key, Config=MULTIPART)
 
 
@@ -94,7 +94,7 @@ class MotoStore:
             raise StoreError(f"NoSuchKey: s3://{bucket}/{key}")
         return found.value
 
-    def put(self, bucket: str, key: str, body: bytes) -> None:
+    def put(self, bucket: str, key: str, body: bytes | memoryview) -> None:
         backend = self._holds(bucket)
         if backend is None:
             return self._fallback.put(bucket, key, body)
