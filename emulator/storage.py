@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 MULTIPART = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=4)
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+SPOOL_LIMIT = 8 << 20  # objects above this go to disk at once (see MotoStore.put)
 
 
 class StoreError(Exception):
@@ -98,5 +99,15 @@ class MotoStore:
         backend = self._holds(bucket)
         if backend is None:
             return self._fallback.put(bucket, key, body)
-        backend.put_object(bucket, key, body)
+        if len(body) <= SPOOL_LIMIT:
+            backend.put_object(bucket, key, body)
+            return None
+        # moto keeps an object in a SpooledTemporaryFile that fills an in-memory buffer first and copies
+        # it to disk once it is too big: two extra copies of a 100 MB output file, a fifth of a job's
+        # cost. Create the object empty, move its spool to disk, then write the body once.
+        stored = backend.put_object(bucket, key, b"")
+        spool = getattr(stored, "_value_buffer", None)
+        if spool is not None and hasattr(spool, "rollover"):
+            spool.rollover()
+        stored.value = body
         return None
