@@ -113,11 +113,14 @@ def test_profiles_load_from_dicts_json_paths_and_the_environment(tmp_path, monke
 
 
 def test_start_reads_the_profile_environment(monkeypatch):
-    monkeypatch.setenv("BEDROCK_EMULATOR_PROFILE", '{"quota": 4, "time_scale": 0.001}')
+    monkeypatch.setenv("BEDROCK_EMULATOR_PROFILE", '{"quota": 4, "time_scale": 0.001, "workers": 3}')
     with start() as server:
         assert isinstance(server, EmulatorServer)
         assert (server.profile.quota, server.region) == (4, "us-east-1")
-        assert _http(f"{server.url}/_emulator/stats")["quota"] == 4
+        stats = _http(f"{server.url}/_emulator/stats")
+        assert stats["quota"] == 4 and stats["workers"]["size"] == 3
+        server.set_profile({"workers": 1})
+        assert _http(f"{server.url}/_emulator/stats")["workers"]["size"] == 1
 
 
 def test_python_dash_m_emulator_serves_and_prints_its_settings():
