@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 # How often a task waiting for a slot asks for one freed by another process (see hold_slot).
 SLOT_RETRY_S = 5.0
-_slot_freed = threading.Condition()
+_slot_freed: dict[str, threading.Condition] = {}  # per limit: a wake-up goes to a task of the same model
+_slot_freed_lock = threading.Lock()
 FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 _live_files: dict[str, IO[str]] = {}
 
@@ -52,6 +53,11 @@ def ensure_limit(name: str, slots: int) -> None:
 def active_slots(name: str) -> int:
     with get_client(sync_client=True) as client:
         return int(client.read_global_concurrency_limit_by_name(name).active_slots)
+
+
+def _freed(name: str) -> threading.Condition:
+    with _slot_freed_lock:
+        return _slot_freed.setdefault(name, threading.Condition())
 
 
 def waiting_tasks(slots: int) -> int:
@@ -84,6 +90,7 @@ def hold_slot(
     other workers) are found by asking again every `retry_s` seconds.
     """
     holder = ConcurrencyLeaseHolder(type="task_run", id=task_run_id) if task_run_id else None
+    freed = _freed(name)
     acquired = False
     try:
         with ExitStack() as stack:
@@ -101,13 +108,13 @@ def hold_slot(
                         raise
                     if should_stop():
                         raise SlotWaitCancelled(f"cancelled while waiting for a slot of {name}") from None
-                    with _slot_freed:
-                        _slot_freed.wait(min(retry_s, float(cause.response.headers.get("Retry-After", retry_s))))
+                    with freed:
+                        freed.wait(min(retry_s, float(cause.response.headers.get("Retry-After", retry_s))))
             yield
     finally:
-        if acquired:  # given back (the context has exited): let one waiting task take it
-            with _slot_freed:
-                _slot_freed.notify()
+        if acquired:  # given back (the context has exited): let one task waiting for this limit take it
+            with freed:
+                freed.notify()
 
 
 def _live_dir() -> Path:

@@ -52,3 +52,21 @@ def test_a_cancelled_run_stops_waiting_for_a_slot_and_takes_none(prefect_api: st
         assert not acquired.is_set() and [type(e) for e in errors] == [SlotWaitCancelled]
         assert active_slots(limit) == 1  # only the holder's
     assert active_slots(limit) == 0
+
+
+def test_a_slot_freed_for_one_model_wakes_a_shard_of_that_model(prefect_api: str) -> None:
+    """Two models in one process: a slot given back for one goes to a shard of that model (its wake-up is
+    that model's), while the other model's shard keeps waiting for its own."""
+    first, second = (f"test-model-{name}-{uuid.uuid4().hex[:8]}" for name in ("a", "b"))
+    for limit in (first, second):
+        ensure_limit(limit, 1)
+    with hold_slot(second, task_run_id=None):
+        other, other_acquired, other_errors = _waiter(second, retry_s=600)
+        with hold_slot(first, task_run_id=None):
+            waiter, acquired, errors = _waiter(first, retry_s=600)  # only a wake-up can make it in time
+            assert not acquired.wait(1.0)
+        waiter.join(30)
+        assert acquired.is_set() and not errors
+        assert not other_acquired.is_set() and active_slots(second) == 1
+    other.join(30)
+    assert other_acquired.is_set() and not other_errors
