@@ -71,7 +71,10 @@ def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | No
                 collect_job_task, {"shard": shard, "job": job, "cfg": cfg, "run_uri": prepared.run_uri,
                                    "progress": progress}))
         outcomes = [f.result() for f in collecting]
-    return outcomes
+    # In shard order, not completion order: repair rounds built from these get the same shards, hence
+    # the same job names, on every run and on a resume (a job is never submitted twice for them).
+    order = {shard.name: i for i, shard in enumerate(prepared.shards)}
+    return sorted(outcomes, key=lambda o: order[o.shard])
 
 
 check_output = task(check_output_writable, name="check-output-location", cache_policy=NO_CACHE,

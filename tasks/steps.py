@@ -38,7 +38,7 @@ from tasks.report import RunSummary, artifact_key
 from tasks.sources import RECORD_ID, SourceSpec, load_source
 from tasks.templates import PromptTemplate, load_template
 
-MAX_REPAIR_ROUNDS = 2
+MAX_REPAIR_ROUNDS = 2  # rounds that may submit batch jobs (each one a batch wait, hours on AWS)
 # Records a repair may run again. `job_failed` is left out: its job already had `max_job_attempts` tries
 # and failed for a reason about the job (role, input), not the records; the run fails naming it instead.
 REPAIRABLE_ERROR_CODES = RETRYABLE_ERROR_CODES - {"job_failed"}
@@ -175,8 +175,13 @@ def repair(
     ]
     pending = _retryable_rows([read_snapshot(p.uri, cfg.aws) for p in parts], family)
     results: list[pl.DataFrame] = []
-    for round_no in range(1, MAX_REPAIR_ROUNDS + 1):
+    # After the batch rounds, one more round when what is left is under the job minimum: it runs
+    # on-demand at once, so a last repair job that ended PartiallyCompleted or Expired does not leave
+    # its records in error.
+    for round_no in range(1, MAX_REPAIR_ROUNDS + 2):
         if pending.is_empty():
+            break
+        if round_no > MAX_REPAIR_ROUNDS and pending.height >= cfg.min_records_per_job:
             break
         log.info("repair round %d: %s record(s) with retryable errors", round_no, f"{pending.height:,}")
         # Jobs for as many records as whole shards can take; the rest (under the minimum) on-demand.

@@ -261,6 +261,33 @@ def test_a_partially_completed_job_keeps_its_outputs_and_the_rest_is_repaired(
     assert len([n for n in jobs if job_stem(params, 2) in n]) == 1  # kept, not resubmitted whole
 
 
+def test_when_every_job_ends_partially_completed_repairs_still_answer_every_row(
+    prefect_api: str, emulator: Any, faults: Callable[..., None], local_aws: Any, tmp_path: Path,
+) -> None:
+    """Main jobs and repair jobs all stop part-way: two rounds of repair jobs, then what is left (under the
+    job minimum) goes on-demand instead of staying `missing`."""
+    from tasks.aws import client
+
+    # A fixed bucket and an S3 source give a fixed run key; repair rounds take records in shard order, so
+    # every job name, and the fate the emulator draws for it, is the same on every run.
+    bucket = "faults-allpartial"
+    client("s3", local_aws).create_bucket(Bucket=bucket)
+    ids = write_topics(tmp_path / "topics.csv", 700)
+    client("s3", local_aws).upload_file(str(tmp_path / "topics.csv"), bucket, "input/topics.csv")
+    params = flow_params(bucket, tmp_path / "unused", "allpartial")
+    del params["input_path"]
+    params["s3_uri"] = f"s3://{bucket}/input/topics.csv"
+    faults(partial_jobs_matching="allpartial-")
+    run = run_flow(emulator, params)
+
+    assert run.state.is_completed(), run.state.message
+    output = assert_promises(run, ids)
+    assert output["error_code"].null_count() == output.height and replies_name_their_topic(output)
+    rounds = [line.split(": ", 1)[0] for line in run.log_text().splitlines() if "repair round" in line]
+    assert rounds == ["repair round 1", "repair round 2", "repair round 3"], rounds
+    assert "on-demand" in run.log_text()
+
+
 def results_manifest(run: Run) -> dict[str, Any]:
     import json
 
