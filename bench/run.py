@@ -105,9 +105,10 @@ def bench_emulate(server: Endpoint, prepared: dict[str, Any], model: str) -> dic
     t0 = time.perf_counter()
     jobs = run_jobs(server, prepared["shards"], MODELS[model], run_uri)
     seconds = time.perf_counter() - t0
+    profile = server.get("/_emulator/profile")
     return {
         "rows": sum(j["records"] for j in jobs), "jobs": jobs, "seconds": seconds,
-        "quota": server.get("/_emulator/profile")["quota"], "workers": server.get("/_emulator/profile")["workers"],
+        "quota": profile["quota"], "workers": profile["workers"],
     }
 
 

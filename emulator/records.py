@@ -59,7 +59,8 @@ def split_lines(data: bytes) -> pl.Series:
 def first_invalid_line(lines: list[bytes]) -> tuple[int, str] | None:
     """(1-based line number, reason) of the first line that is not a JSON object, or None."""
     try:
-        if _read(lines, pa.schema([])).num_rows == len(lines):
+        longest = max((len(line) for line in lines), default=0)
+        if _read(b"\n".join(lines), longest, pa.schema([])).num_rows == len(lines):
             return None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
@@ -77,16 +78,11 @@ def _first_non_object(lines: list[bytes]) -> tuple[int, str] | None:
     return None
 
 
-def _read(lines: list[bytes] | pl.Series | bytes, schema: pa.Schema, longest: int = 0) -> pa.Table:
-    if isinstance(lines, pl.Series):
-        longest = int(lines.str.len_bytes().max() or 0)
-        lines = lines.str.join("\n").item().encode()
-    elif isinstance(lines, list):
-        longest = max((len(line) for line in lines), default=0)
-        lines = b"\n".join(lines)
+def _read(blob: bytes, longest: int, schema: pa.Schema) -> pa.Table:
+    """Arrow's JSON reader over JSONL bytes; a block must hold the longest line."""
     options = pj.ReadOptions(block_size=max(BLOCK_BYTES, longest + 2))
     parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-    return pj.read_json(io.BytesIO(lines), read_options=options, parse_options=parse)
+    return pj.read_json(io.BytesIO(blob), read_options=options, parse_options=parse)
 
 
 _COLUMN = re.compile(r"Column\((/[^)]*)\)")
@@ -102,14 +98,19 @@ def _undecodable(lines: pl.Series, reason: str) -> pl.DataFrame:
     )
 
 
-def _whole(lines: pl.Series, shapes: tuple[InputShape, ...], data: bytes | None) -> tuple[pl.DataFrame | None, str]:
+def _whole(
+    lines: pl.Series, shapes: tuple[InputShape, ...], blob: bytes | None = None
+) -> tuple[pl.DataFrame | None, str]:
     """Features of all lines in one Arrow read per shape, or (None, the last reason) if no shape fits them
-    all. A row count that differs from the line count (two objects on one line) counts as no fit."""
+    all. `blob` is the file the lines came from, when at hand (else the lines are joined). A row count
+    that differs from the line count (two objects on one line) counts as no fit."""
+    if blob is None:
+        blob = lines.str.join("\n").item().encode()
+    longest = int(lines.str.len_bytes().max() or 0)
     reason = ""
-    longest = int(lines.str.len_bytes().max() or 0) if data is not None else 0
     for shape in shapes:
         try:
-            table = _read(lines if data is None else data, shape.schema, longest)
+            table = _read(blob, longest, shape.schema)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             reason = str(exc)
             continue
@@ -124,7 +125,7 @@ def decode(lines: pl.Series, shapes: tuple[InputShape, ...]) -> pl.DataFrame:
     shape fits are isolated by bisection and get a 400 error each."""
     if lines.is_empty():
         return _undecodable(lines, "")
-    features, reason = _whole(lines, shapes, None)
+    features, reason = _whole(lines, shapes)
     if features is not None:
         return features
     if len(lines) == 1:
@@ -168,8 +169,9 @@ def _fit_bytes(df: pl.DataFrame) -> pl.DataFrame:
 def generate(
     lines: pl.Series | list[bytes], family: Family, model_id: str, features: pl.DataFrame | None = None
 ) -> pl.DataFrame:
-    """Per record: record_id, head (the line's own members), output (modelOutput JSON or null),
-    error_code, error_message, input_tokens, output_tokens, stop_reason.
+    """Per record: record_id, opened (the input line without its closing brace), glue (what follows its
+    members), output (modelOutput JSON or null), error_code, error_message, input_tokens, output_tokens,
+    stop_reason. `output_lines` assembles the `.jsonl.out` lines from them.
 
     `features` are the lines' decoded features when validation already has them.
     """
