@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -134,21 +135,46 @@ def test_foreign_jobs_hold_quota_until_they_finish(emulator, bedrock, knobs, sub
 
 
 def test_stop_moves_through_stopping_to_stopped_and_keeps_processed_records(
-    bedrock, knobs, submit, put_jsonl, finish, outputs, manifest
+    bedrock, knobs, submit, put_jsonl, finish, outputs, manifest, monkeypatch
 ):
-    knobs(record_s=100)  # 1,000 records -> 10 s real: stop it halfway through
+    """A second stop while the job is Stopping is accepted; a stop after Stopped is a conflict.
+
+    The job is held in Stopping by gating its output write (the last step before Stopped), so both
+    calls land in the state they are meant to, however slow the machine."""
+    import emulator.jobs as emulator_jobs
+    from emulator.processing import write_outputs
+
+    writing, release = threading.Event(), threading.Event()
+    held: list[str] = []
+
+    def gated(store, output_uri, job_id, *args, **kwargs):
+        if held and job_id == held[0]:
+            writing.set()
+            release.wait(30)
+        return write_outputs(store, output_uri, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(emulator_jobs, "write_outputs", gated)
+    knobs(record_s=1000)  # 1,000 records -> 100 s real: it is stopped long before the end
     arn = submit(put_jsonl([claude_record(i) for i in range(1000)]))
-    wait_for(
-        lambda: bedrock.get_model_invocation_job(jobIdentifier=arn).get("processedRecordCount", 0) > 0,
-        what="records to be processed",
-    )
-    bedrock.stop_model_invocation_job(jobIdentifier=arn)
-    assert bedrock.get_model_invocation_job(jobIdentifier=arn)["status"] in ("Stopping", "Stopped")
-    bedrock.stop_model_invocation_job(jobIdentifier=arn)  # stopping twice is fine while Stopping
+    held.append(arn.rsplit("/", 1)[-1])
+    try:
+        wait_for(
+            lambda: bedrock.get_model_invocation_job(jobIdentifier=arn).get("processedRecordCount", 0) > 0,
+            what="records to be processed",
+        )
+        bedrock.stop_model_invocation_job(jobIdentifier=arn)
+        assert writing.wait(10), "the stopped job never wrote its outputs"
+        assert bedrock.get_model_invocation_job(jobIdentifier=arn)["status"] == "Stopping"
+        bedrock.stop_model_invocation_job(jobIdentifier=arn)  # stopping twice is fine while Stopping
+        assert bedrock.get_model_invocation_job(jobIdentifier=arn)["status"] == "Stopping"
+    finally:
+        release.set()
     job = finish(arn)
     assert job["status"] == "Stopped"
     assert 0 < job["processedRecordCount"] < 1000
     assert len(outputs(arn)) == job["processedRecordCount"] == manifest(arn)["processedRecordCount"]
+    with pytest.raises(bedrock.exceptions.ConflictException, match="Stopped state"):
+        bedrock.stop_model_invocation_job(jobIdentifier=arn)  # once Stopped, a stop is refused
 
 
 def test_a_job_stopped_before_it_runs_writes_nothing(s3, bucket, bedrock, knobs, submit, put_jsonl, finish):
