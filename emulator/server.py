@@ -16,15 +16,15 @@ import boto3
 import orjson
 from botocore.config import Config
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.s3.models import s3_backends
-from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from emulator.api import BEDROCK_PATH, BedrockApi
 from emulator.jobs import JobEngine
 from emulator.metrics import MetricsPublisher
 from emulator.profile import Profile, load_profile
+from emulator.serving import HttpServer
 from emulator.storage import MotoStore, S3Store
 
 REGION = "us-east-1"
@@ -48,11 +48,6 @@ def _signing_service(environ: dict[str, Any]) -> str | None:
         return None
 
 
-class _QuietHandler(MotoRequestHandler):
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 class EmulatorServer:
     """The running endpoint. Use `start()` to create one."""
 
@@ -60,19 +55,14 @@ class EmulatorServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, profile: Any = None) -> None:
         self._moto = DomainDispatcherApplication(create_backend_app)
-        self._server: BaseWSGIServer = make_server(
-            host, port, self._app, threaded=True, request_handler=_QuietHandler
-        )
-        self.host, self.port = self._server.server_address[:2]
+        self._server = HttpServer(host, port, self._app)
+        self.host, self.port = self._server.server_address
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
         store = MotoStore(lambda: s3_backends[DEFAULT_ACCOUNT_ID]["aws"], S3Store(lambda: self.client("s3")))
         self.engine = JobEngine(load_profile(profile), store, REGION)
         self.api = BedrockApi(self.engine)
         self._metrics = MetricsPublisher(self.engine, lambda: self.client("cloudwatch"))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="bedrock-emulator", daemon=True
-        )
         self._s3_lock = threading.Lock()
         self._s3_rng = random.Random()
         self._s3_errors: dict[str, int] = {}
@@ -80,16 +70,14 @@ class EmulatorServer:
 
     # --------------------------------------------------------------------------------------- lifecycle
     def start(self) -> EmulatorServer:
-        self._thread.start()
+        self._server.start()
         self._metrics.start()
         return self
 
     def stop(self) -> None:
         self.engine.reset()
         self._metrics.stop()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
     def __enter__(self) -> EmulatorServer:
         return self
