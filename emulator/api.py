@@ -11,6 +11,7 @@ import base64
 import random
 import re
 import threading
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import orjson
 from werkzeug.wrappers import Request, Response
 
-from emulator.families import Family, resolve_family
+from emulator.catalog import catalog
+from emulator.families import Family
 from emulator.jobs import JobEngine
 from emulator.records import invoke_one
 from emulator.service_model import CONTROL, RUNTIME, ApiError, iso, parse_query, validate
@@ -27,7 +29,12 @@ JOB_PATH = re.compile(r"^/model-invocation-job/(?P<ident>.+?)(?P<stop>/stop)?$")
 MODEL_PATH = re.compile(
     r"^/model/(?P<model>.+)/(?P<op>invoke|converse|invoke-with-response-stream|converse-stream)$"
 )
-BEDROCK_PATH = re.compile(r"^/(model-invocation-jobs?(/.*)?|model/.+/(invoke|converse)[-a-z]*)$")
+FOUNDATION_MODEL_PATH = re.compile(r"^/foundation-models/(?P<ident>.+)$")
+PROFILE_PATH = re.compile(r"^/inference-profiles/(?P<ident>.+)$")
+BEDROCK_PATH = re.compile(
+    r"^/(model-invocation-jobs?(/.*)?|model/.+/(invoke|converse)[-a-z]*|foundation-models(/.+)?|inference-profiles(/.+)?)$"
+)
+REQUEST_ID = "x-amzn-RequestId"
 STREAMING = {
     "invoke-with-response-stream": "InvokeModelWithResponseStream",
     "converse-stream": "ConverseStream",
@@ -37,6 +44,14 @@ STREAMING = {
 def _json(payload: Any, status: int = 200, content_type: str = "application/json") -> Response:
     body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
     return Response(body, status=status, content_type=content_type)
+
+
+def signing_region(environ: dict[str, Any], default: str) -> str:
+    """The region in `Credential=AKID/date/region/service/aws4_request`, else `default` (unsigned)."""
+    try:
+        return environ["HTTP_AUTHORIZATION"].split("Credential=", 1)[1].split(",", 1)[0].split("/")[2]
+    except (KeyError, IndexError):
+        return default
 
 
 def error_response(error: ApiError) -> Response:
@@ -107,6 +122,8 @@ class BedrockApi:
             response = handler(request, entry, *args)
         except ApiError as exc:
             response = error_response(exc)
+        # Every Bedrock response carries a request id, as AWS's do; SDKs put it in their response metadata.
+        response.headers[REQUEST_ID] = str(uuid.uuid4())
         entry["status_code"] = response.status_code
         entry["time"] = iso(datetime.now(UTC))
         if operation:
@@ -124,6 +141,14 @@ class BedrockApi:
                 return "StopModelInvocationJob", self.stop, (match["ident"],)
             if not match["stop"] and method == "GET":
                 return "GetModelInvocationJob", self.get, (match["ident"],)
+        if method == "GET" and path == "/foundation-models":
+            return "ListFoundationModels", self.list_models, ()
+        if method == "GET" and (match := FOUNDATION_MODEL_PATH.match(path)):
+            return "GetFoundationModel", self.get_model, (match["ident"],)
+        if method == "GET" and path == "/inference-profiles":
+            return "ListInferenceProfiles", self.list_profiles, ()
+        if method == "GET" and (match := PROFILE_PATH.match(path)):
+            return "GetInferenceProfile", self.get_profile, (match["ident"],)
         if (match := MODEL_PATH.match(path)) and method == "POST":
             if match["op"] in STREAMING:
                 return STREAMING[match["op"]], self.streaming, (match["model"],)
@@ -143,7 +168,11 @@ class BedrockApi:
             modelId=body.get("modelId"),
         )
         validate(body, "CreateModelInvocationJobRequest")
-        job = self.engine.create(body)
+        _, family = catalog().require(
+            body["modelId"], self._region(request), self.engine.profile.extra_models,
+            body.get("modelInvocationType") or "InvokeModel", CONTROL,
+        )  # fmt: skip
+        job = self.engine.create(body, family)
         entry["jobArn"] = job.arn
         return _json({"jobArn": job.arn})
 
@@ -186,17 +215,49 @@ class BedrockApi:
             out["nextToken"] = base64.urlsafe_b64encode(str(start + size).encode()).decode()
         return _json(out)
 
+    def _region(self, request: Request) -> str:
+        return signing_region(request.environ, self.engine.region)
+
+    # ------------------------------------------------------------------------------------------ catalog
+    def list_models(self, request: Request, entry: dict[str, Any]) -> Response:
+        query = parse_query(dict(request.args), "ListFoundationModelsRequest")
+        validate(query, "ListFoundationModelsRequest")
+        return _json({"modelSummaries": catalog().list_models(self._region(request), query)})
+
+    def get_model(self, request: Request, entry: dict[str, Any], ident: str) -> Response:
+        entry["modelId"] = ident
+        validate({"modelIdentifier": ident}, "GetFoundationModelRequest")
+        return _json({"modelDetails": catalog().get_model(ident, self._region(request))})
+
+    def list_profiles(self, request: Request, entry: dict[str, Any]) -> Response:
+        query = parse_query(dict(request.args), "ListInferenceProfilesRequest")
+        validate(query, "ListInferenceProfilesRequest")
+        profiles = catalog().list_profiles(self._region(request), query.get("typeEquals"))
+        start = _decode_token(query.get("nextToken"))
+        size = query.get("maxResults", 1000)
+        out: dict[str, Any] = {"inferenceProfileSummaries": profiles[start : start + size]}
+        if start + size < len(profiles):
+            out["nextToken"] = base64.urlsafe_b64encode(str(start + size).encode()).decode()
+        return _json(out)
+
+    def get_profile(self, request: Request, entry: dict[str, Any], ident: str) -> Response:
+        entry["modelId"] = ident
+        validate({"inferenceProfileIdentifier": ident}, "GetInferenceProfileRequest")
+        return _json(catalog().get_profile(ident, self._region(request)))
+
     # ----------------------------------------------------------------------------------------- runtime
-    def _family(self, model: str, entry: dict[str, Any], invocation_type: str = "InvokeModel") -> Family:
+    def _family(
+        self, request: Request, model: str, entry: dict[str, Any], invocation_type: str = "InvokeModel"
+    ) -> Family:
         entry["modelId"] = model
         validate({"modelId": model, "body": b""}, "InvokeModelRequest", RUNTIME)
-        family = resolve_family(model, invocation_type)
-        if family is None:
-            raise ApiError("ValidationException", "The provided model identifier is invalid.", RUNTIME)
+        _, family = catalog().require(
+            model, self._region(request), self.engine.profile.extra_models, invocation_type, RUNTIME
+        )
         return family
 
     def invoke(self, request: Request, entry: dict[str, Any], model: str) -> Response:
-        family = self._family(model, entry)
+        family = self._family(request, model, entry)
         body = request.get_data()
         try:
             if not isinstance(orjson.loads(body), dict):
@@ -213,15 +274,7 @@ class BedrockApi:
         return _json(str(row["output"]).encode())
 
     def converse(self, request: Request, entry: dict[str, Any], model: str) -> Response:
-        if resolve_family(model) is Family.TITAN_EMBED_V2:
-            entry["modelId"] = model
-            raise ApiError(
-                "ValidationException",
-                "This action doesn't support the model that you provided. "
-                "Try again with a supported text or chat model.",
-                RUNTIME,
-            )
-        family = self._family(model, entry, "Converse")
+        family = self._family(request, model, entry, "Converse")
         body = _body(request, RUNTIME)
         validate({**body, "modelId": model}, "ConverseRequest", RUNTIME)
         model_input = {k: body[k] for k in ("messages", "system", "inferenceConfig") if k in body}

@@ -51,6 +51,7 @@ _PREFIX_RULES: tuple[tuple[str, Family], ...] = (
     ("amazon.nova", Family.NOVA),
     ("meta.llama", Family.LLAMA),
     ("mistral.mistral-large-2407", Family.MISTRAL_CHAT),
+    ("mistral.pixtral", Family.MISTRAL_CHAT),
     ("mistral.", Family.MISTRAL_PROMPT),
     ("amazon.titan-embed-text-v2", Family.TITAN_EMBED_V2),
 )

@@ -193,9 +193,10 @@ class JobEngine:
             }
 
     # -------------------------------------------------------------------------------------- operations
-    def create(self, request: dict[str, Any]) -> Job:
-        """Register and start a job (the request has passed shape validation)."""
-        family = resolve_family(request["modelId"], request.get("modelInvocationType"))
+    def create(self, request: dict[str, Any], family: Family | None = None) -> Job:
+        """Register and start a job (the request has passed shape validation; `family` answers for its
+        model, as the catalog resolved it)."""
+        family = family or resolve_family(request["modelId"], request.get("modelInvocationType"))
         if family is None:
             raise ApiError("ValidationException", "The provided model identifier is invalid.")
         key = model_key(request["modelId"])

@@ -24,6 +24,9 @@ DEFAULT_FAILURE_MESSAGE = (
 )
 
 
+LIST_KEYS = ("fail_jobs_matching", "expire_jobs_matching", "partial_jobs_matching", "extra_models")
+
+
 @dataclass(frozen=True)
 class Profile:
     """All knobs, with defaults that make a realistic job (hours on AWS) take seconds.
@@ -58,6 +61,7 @@ class Profile:
     fail_jobs_matching: tuple[str, ...] = field(default=())
     expire_jobs_matching: tuple[str, ...] = field(default=())
     partial_jobs_matching: tuple[str, ...] = field(default=())
+    extra_models: tuple[str, ...] = field(default=())
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Profile:
@@ -66,7 +70,7 @@ class Profile:
         if unknown:
             raise ValueError(f"unknown profile keys {unknown}; known keys: {sorted(known)}")
         values = dict(values)
-        for key in ("fail_jobs_matching", "expire_jobs_matching", "partial_jobs_matching"):
+        for key in LIST_KEYS:
             if isinstance(values.get(key), str):
                 values[key] = (values[key],)
             elif key in values:
@@ -75,7 +79,7 @@ class Profile:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for key in ("fail_jobs_matching", "expire_jobs_matching", "partial_jobs_matching"):
+        for key in LIST_KEYS:
             data[key] = list(data[key])
         return data
 

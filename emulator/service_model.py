@@ -49,7 +49,16 @@ def _regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def _check(value: Any, shape_name: str, path: str, service: str, errors: list[str]) -> None:
+# Display text in responses that AWS itself gives outside the model's bounds: foundation model names such
+# as "Titan Text Embeddings V2" are longer than BrandedName's 20 characters, and system profile names and
+# descriptions ("US Anthropic Claude 3.5 Haiku", "Routes requests to ... in us-east-1, us-east-2 and
+# us-west-2.") use characters their patterns leave out. Responses are checked for type only there.
+FREE_TEXT = frozenset({"BrandedName", "InferenceProfileName", "InferenceProfileDescription"})
+
+
+def _check(
+    value: Any, shape_name: str, path: str, service: str, errors: list[str], response: bool = False
+) -> None:
     shape = shapes(service)[shape_name]
     kind = shape["type"]
     shown = repr(value) if not isinstance(value, dict | list) else "..."
@@ -61,6 +70,9 @@ def _check(value: Any, shape_name: str, path: str, service: str, errors: list[st
             errors.append(f"{prefix} be a structure")
             return
         members = shape.get("members", {})
+        if response:
+            extra = [name for name in value if name not in members]
+            errors.extend(f"Member '{_join(path, name)}' is not in {shape_name}" for name in extra)
         for name in shape.get("required", []):
             if value.get(name) is None:
                 where = _join(path, name)
@@ -71,20 +83,22 @@ def _check(value: Any, shape_name: str, path: str, service: str, errors: list[st
                 f"Value at '{path}' failed to satisfy constraint: Member must have exactly one member set"
             )
         for name in present:
-            _check(value[name], members[name]["shape"], _join(path, name), service, errors)
+            _check(value[name], members[name]["shape"], _join(path, name), service, errors, response)
     elif kind == "list":
         if not isinstance(value, list):
             errors.append(f"{prefix} be a list")
             return
         _bounds(len(value), shape, f"{prefix} have length", errors)
         for i, item in enumerate(value):
-            _check(item, shape["member"]["shape"], f"{path}.{i + 1}.member", service, errors)
+            _check(item, shape["member"]["shape"], f"{path}.{i + 1}.member", service, errors, response)
     elif kind == "string":
         if not isinstance(value, str):
             errors.append(f"{prefix} be a string")
             return
         if "enum" in shape and value not in shape["enum"]:
             errors.append(f"{prefix} satisfy enum value set: [{', '.join(shape['enum'])}]")
+        if response and shape_name in FREE_TEXT:
+            return
         _bounds(len(value), shape, f"{prefix} have length", errors)
         if "pattern" in shape and not _regex(shape["pattern"]).fullmatch(value):
             errors.append(f"{prefix} satisfy regular expression pattern: {shape['pattern']}")
@@ -95,6 +109,20 @@ def _check(value: Any, shape_name: str, path: str, service: str, errors: list[st
         _bounds(value, shape, f"{prefix} be", errors)
     elif kind == "boolean" and not isinstance(value, bool):
         errors.append(f"{prefix} be a boolean")
+    elif kind == "timestamp" and response and not _is_timestamp(value):
+        errors.append(f"{prefix} be a timestamp")
+
+
+def _is_timestamp(value: Any) -> bool:
+    if isinstance(value, datetime):
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        parse_time(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _bounds(n: int, shape: dict[str, Any], what: str, errors: list[str]) -> None:
@@ -114,6 +142,15 @@ def validate(request: dict[str, Any], shape_name: str, service: str = CONTROL) -
     _check(request, shape_name, "", service, errors)
     if errors:
         raise ApiError("ValidationException", _validation_message(errors), service)
+
+
+def check_response(payload: dict[str, Any], shape_name: str, service: str = CONTROL) -> None:
+    """Raise ValueError unless `payload` is a `shape_name` as botocore's model defines it: no unknown
+    members, required members present, types, enums, list bounds, patterns and lengths (not of FREE_TEXT)."""
+    errors: list[str] = []
+    _check(payload, shape_name, "", service, errors, response=True)
+    if errors:
+        raise ValueError(f"{shape_name}: " + "; ".join(errors))
 
 
 def parse_query(args: dict[str, str], shape_name: str, service: str = CONTROL) -> dict[str, Any]:

@@ -180,7 +180,7 @@ def test_checks_boto3_would_do_client_side_are_also_enforced_by_the_server(emula
 
 def test_an_unknown_model_is_a_validation_error(bedrock, submit, input_uri):
     with pytest.raises(bedrock.exceptions.ValidationException, match="model identifier is invalid"):
-        submit(input_uri, model_id="cohere.command-r-v1:0")
+        submit(input_uri, model_id="acme.gpt-9000-v1:0")
 
 
 def test_unknown_jobs_are_not_found(bedrock):

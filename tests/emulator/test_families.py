@@ -194,7 +194,7 @@ def test_a_record_the_model_would_reject_is_a_400_not_a_job_failure(
 
 def test_runtime_errors(runtime):
     with pytest.raises(runtime.exceptions.ValidationException, match="model identifier is invalid"):
-        runtime.invoke_model(modelId="cohere.command-r-v1:0", body=b"{}")
+        runtime.invoke_model(modelId="acme.gpt-9000-v1:0", body=b"{}")
     with pytest.raises(runtime.exceptions.ValidationException, match="Malformed input request"):
         runtime.invoke_model(modelId="meta.llama3-8b-instruct-v1:0", body=b"not json")
     with pytest.raises(runtime.exceptions.ValidationException, match="streaming"):

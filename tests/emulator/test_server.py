@@ -81,8 +81,9 @@ def test_reset_clears_jobs_and_calls_but_keeps_s3(s3, bucket):
 
 
 def test_cloudwatch_metrics_are_published_while_jobs_run(emulator, clients, knobs, submit, put_jsonl, finish):
-    knobs(record_s=10, metrics_interval_s=2000)  # 1,000 records -> 1 s real, a datapoint every 0.2 s
-    model = "anthropic.claude-metrics-test-v1:0"
+    model = "anthropic.claude-metrics-test-v1:0"  # a model of its own, so only this job's metrics count
+    # 1,000 records -> 1 s real, a datapoint every 0.2 s
+    knobs(record_s=10, metrics_interval_s=2000, extra_models=[model])
     finish(submit(put_jsonl([claude_record(i) for i in range(1000)]), model_id=model))
     cloudwatch = clients["cloudwatch"]
 
