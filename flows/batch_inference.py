@@ -28,6 +28,7 @@ from tasks.report import (
 from tasks.shard_job import JobResult, ShardOutcome, collect_job_task, run_job_task
 from tasks.steps import (
     RunFailed,
+    adopt_earlier_jobs,
     check_output_writable,
     estimate_run,
     finalize,
@@ -122,6 +123,7 @@ def batch_inference(
     region: str | None = None,
     repair_failed: bool = True,
     stop_jobs_on_cancel: bool = True,
+    reuse_answers: bool = True,
     dry_run: bool = False,
     budget_usd: float | None = None,
 ) -> dict[str, Any]:
@@ -137,6 +139,8 @@ def batch_inference(
     log.info("run %s -> %s", cfg.key, cfg.run_uri)
 
     check_output(cfg)
+    # An earlier run's paid, uncollected jobs: their answers into the answer cache before planning.
+    adopted = 0 if cfg.dry_run else adopt_earlier_jobs(cfg)
     prepared = prepare(cfg)
     estimate = estimate_run(prepared, cfg)
     if cfg.dry_run:
@@ -150,9 +154,10 @@ def batch_inference(
     progress.expect([s.name for s in prepared.shards])
     with RunWatcher(cfg, log, interval_s=min(cfg.poll_interval_s, 60.0)) as watcher:
         outcomes = run_shards(prepared, cfg, progress)
-        repaired = repair(outcomes, prepared, cfg, run_shards) if cfg.repair_failed else None
+        repaired, repair_jobs = repair(outcomes, prepared, cfg, run_shards) if cfg.repair_failed else (None, 0)
     publish_metrics(watcher.history, artifact_key(cfg.prefix, "cloudwatch"))
-    summary, parts = finalize(outcomes, repaired, prepared, cfg, elapsed_s=time.monotonic() - started)
+    summary, parts = finalize(outcomes, repaired, prepared, cfg, elapsed_s=time.monotonic() - started,
+                              repair_jobs=repair_jobs, adopted=adopted)
     progress.finish()
 
     publish_jobs_table(outcomes, artifact_key(cfg.prefix, "jobs"))

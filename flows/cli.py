@@ -103,12 +103,13 @@ def start_local(profile: str | None) -> Any:
 
 
 def copy_results(results_uri: str, destination: Path) -> int:
-    """All result parts -> one local Parquet file."""
+    """The run's result parts (as its manifest lists them) -> one local Parquet file."""
     import polars as pl
 
     from tasks.aws import storage_options
+    from tasks.collect import result_part_uris
 
-    frame = pl.read_parquet(results_uri.rstrip("/") + "/*.parquet", storage_options=storage_options())
+    frame = pl.read_parquet(result_part_uris(results_uri), storage_options=storage_options())
     destination.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(destination)
     return frame.height

@@ -16,9 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 from boto3.s3.transfer import TransferConfig
 
+from tasks import answers
+from tasks.answers import KEY, RequestScope
 from tasks.aws import AwsSettings, client, join_s3, split_s3_uri, storage_options
 from tasks.formats import ModelFamily, parse_output_bytes, parse_output_lines, result_schema
 from tasks.sources import RECORD_ID
@@ -26,6 +29,9 @@ from tasks.sources import RECORD_ID
 RESULTS_DIR = "results"
 RESULTS_MANIFEST = "manifest.json"
 _ERROR_RANK = "__rank"
+# Output lines per file whose echoed `modelInput` is checked against the request sent for their recordId;
+# one mismatch there and every line of the file is checked.
+ECHO_SAMPLE = 64
 
 
 @dataclass
@@ -37,6 +43,8 @@ class CollectedShard:
     ok: int
     failed: int
     problems: list[str] = field(default_factory=list)
+    # `request_key` + result columns of the records that succeeded: what goes to the answer cache.
+    answers: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     @property
     def error_counts(self) -> dict[str, int]:
@@ -163,6 +171,48 @@ def read_snapshot(snapshot_uri: str, aws: AwsSettings) -> pl.DataFrame:
     return pl.read_parquet(snapshot_uri, storage_options=storage_options(aws))
 
 
+def split_keys(snapshot: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(input rows, `record_id` + `__request_key`): snapshots carry each row's request key beside it."""
+    if KEY not in snapshot.columns:
+        return snapshot, pl.DataFrame(schema={RECORD_ID: pl.String, KEY: pl.String})
+    return snapshot.drop(KEY), snapshot.select(RECORD_ID, KEY)
+
+
+def echo_mismatches(data: bytes, keys: pl.DataFrame, scope: RequestScope, sample: int = ECHO_SAMPLE) -> pl.Series:
+    """recordIds whose output line echoes a `modelInput` other than the request sent under that id.
+
+    Bedrock echoes each record's `modelInput`; decoded with the type this run built it with and encoded
+    again, it gives the sent bytes, hence the sent request key. A sample of lines spread over the file
+    is checked; if any differs, every line is.
+    """
+    lines = pl.DataFrame(schema={"line": pl.String}) if not data.strip() else pl.read_lines(data, name="line")
+    if lines.is_empty() or keys.is_empty():
+        return pl.Series(RECORD_ID, [], dtype=pl.String)
+    picked = lines[np.unique(np.linspace(0, lines.height - 1, min(sample, lines.height)).astype(np.int64))]
+    wrong = _mismatches(picked, keys, scope)
+    return _mismatches(lines, keys, scope) if wrong.len() else wrong
+
+
+def _mismatches(lines: pl.DataFrame, keys: pl.DataFrame, scope: RequestScope) -> pl.Series:
+    line = pl.col("line")
+    dtype = pl.Struct({"recordId": pl.String, "modelInput": scope.model_input})
+    decoded = lines.filter(line.str.json_path_match("$.recordId").is_not_null()).select(
+        line.str.json_decode(dtype).alias("d")
+    )
+    d = pl.col("d").struct.field
+    echoed = decoded.select(
+        d("recordId").alias(RECORD_ID),
+        pl.when(d("modelInput").is_not_null()).then(scope.key_expr(d("modelInput").struct.json_encode()))
+        .alias("__echo"),
+    )
+    return (
+        echoed.join(keys, on=RECORD_ID, how="inner")
+        .filter(pl.col("__echo").is_not_null() & (pl.col("__echo") != pl.col(KEY)))
+        .get_column(RECORD_ID)
+        .unique(maintain_order=True)
+    )
+
+
 def collect_shard(
     *,
     family: ModelFamily,
@@ -171,10 +221,14 @@ def collect_shard(
     input_file_name: str,
     aws: AwsSettings,
     missing_code: str = "missing",
+    job_name: str | None = None,
+    scope: RequestScope | None = None,
 ) -> CollectedShard:
     """Join one job's outputs (`{out}/{jobId}/*.jsonl.out`, `manifest.json.out`) to its snapshot rows.
 
     `missing_code` lets the caller say why absent records are absent (`"expired"` for an Expired job).
+    With `scope`, echoed requests are checked against the sent ones (`echo_mismatches`): a record whose
+    output answers another request gets `error_code="request_mismatch"`, never another row's reply.
     """
     problems: list[str] = []
     prefix = output_prefix_uri.rstrip("/") + "/"
@@ -189,15 +243,31 @@ def collect_shard(
     if manifest is None:
         problems.append(f"missing manifest.json.out under {prefix}")
 
-    parsed = parse_output_bytes(read_output_bytes(outputs, aws), family)
-    snapshot, clash = _input_side(read_snapshot(snapshot_uri, aws), family)
+    data = read_output_bytes(outputs, aws)
+    parsed = parse_output_bytes(data, family)
+    snapshot, keys = split_keys(read_snapshot(snapshot_uri, aws))
+    wrong = echo_mismatches(data, keys, scope) if scope is not None else pl.Series(RECORD_ID, [], pl.String)
+    if wrong.len():
+        examples = ", ".join(repr(r) for r in wrong.head(3).to_list())
+        problems.append(f"job {job_name or prefix}: {wrong.len()} output record(s) echo a request other than "
+                        f"the one sent under their recordId (e.g. {examples}): marked request_mismatch")
+        parsed = parsed.filter(~pl.col(RECORD_ID).is_in(wrong.implode()).fill_null(False))
+    snapshot, clash = _input_side(snapshot, family)
     problems += clash
     frame, more = _join_and_check(snapshot, parsed, family, missing_code=missing_code)
     problems += more
+    if wrong.len():
+        hit = pl.col(RECORD_ID).is_in(wrong.implode())
+        frame = frame.with_columns(
+            pl.when(hit).then(pl.lit("request_mismatch")).otherwise(pl.col("error_code")).alias("error_code"),
+            pl.when(hit).then(pl.lit(f"job {job_name or prefix}: the output under this recordId answers "
+                                     f"another request")).otherwise(pl.col("error_message")).alias("error_message"),
+        )
     if manifest is not None and manifest.get("totalRecordCount") not in (None, snapshot.height):
         problems.append(f"manifest counts {manifest['totalRecordCount']} records, the shard has {snapshot.height}")
     failed = int(frame.get_column("error_code").is_not_null().sum())
-    return CollectedShard(frame, manifest, frame.height - failed, failed, problems)
+    return CollectedShard(frame, manifest, frame.height - failed, failed, problems,
+                          answers.answers(frame, keys, family))
 
 
 def _join_and_check(
@@ -241,7 +311,7 @@ def mark_failed(
     snapshot_uri: str, error_code: str, error_message: str, family: ModelFamily, aws: AwsSettings
 ) -> pl.DataFrame:
     """Every row of a shard whose job produced nothing usable (Failed, Stopped...), with that error."""
-    snapshot, _ = _input_side(read_snapshot(snapshot_uri, aws), family)
+    snapshot, _ = _input_side(split_keys(read_snapshot(snapshot_uri, aws))[0], family)
     return conform(
         snapshot.with_columns(
             pl.lit(error_code, dtype=pl.String).alias("error_code"),
@@ -334,6 +404,15 @@ def write_results(
     return join_s3(run_uri, RESULTS_DIR) + "/"
 
 
+def result_part_uris(results_uri: str, aws: AwsSettings | None = None) -> list[str]:
+    """The parts `results/manifest.json` lists: the run's output is these files, never a glob."""
+    manifest = _read_json(join_s3(results_uri.rstrip("/"), RESULTS_MANIFEST), aws or AwsSettings.from_env())
+    if manifest is None:
+        raise FileNotFoundError(f"no {RESULTS_MANIFEST} under {results_uri}: the run has not finished")
+    return [part["uri"] for part in manifest["parts"]]
+
+
 def read_results(run_uri: str, aws: AwsSettings) -> pl.LazyFrame:
-    """All result parts of a run as one lazy frame."""
-    return pl.scan_parquet(join_s3(run_uri, RESULTS_DIR, "*.parquet"), storage_options=storage_options(aws))
+    """All result parts of a run (as its manifest lists them) as one lazy frame."""
+    parts = result_part_uris(join_s3(run_uri, RESULTS_DIR), aws)
+    return pl.scan_parquet(parts, storage_options=storage_options(aws))

@@ -63,6 +63,7 @@ class RunConfig:
     expiry_warn_hours: float = 6.0
     repair_failed: bool = True
     stop_jobs_on_cancel: bool = True
+    reuse_answers: bool = True
     # where
     output_uri: str | None = None
     role_arn: str | None = None
@@ -82,7 +83,14 @@ class RunConfig:
         if not 24 <= self.timeout_hours <= 168:
             raise ValueError("timeout_hours must be between 24 and 168 (Bedrock's bounds)")
         if self.max_records_per_job < self.min_records_per_job:
-            raise ValueError("max_records_per_job is below min_records_per_job")
+            raise ValueError(f"max_records_per_job {self.max_records_per_job:,} is below min_records_per_job "
+                             f"{self.min_records_per_job:,}")
+        for name in ("output_uri", "job_name_prefix"):
+            value = getattr(self, name) or ""
+            if ".." in value.replace("\\", "/").split("/") or (name == "job_name_prefix" and ".." in value):
+                raise ValueError(f"{name} {value!r} contains '..': give a plain name or s3://bucket/prefix")
+        if self.output_uri and not self.output_uri.startswith("s3://"):
+            raise ValueError(f"output_uri {self.output_uri!r} must be an S3 location: s3://bucket/prefix")
 
     @property
     def aws(self) -> AwsSettings:
@@ -100,15 +108,27 @@ class RunConfig:
         for transient in ("dry_run", "budget_usd", "poll_interval_s", "min_poll_interval_s", "lease_s",
                           "max_concurrent_jobs", "on_demand_concurrency", "queued_warn_hours",
                           "expiry_warn_hours", "stop_jobs_on_cancel",
-                          "endpoint_url", "role_arn", "repair_failed", "timeout_hours", "max_job_attempts"):
+                          "endpoint_url", "role_arn", "repair_failed", "timeout_hours", "max_job_attempts",
+                          "reuse_answers"):
             decisive.pop(transient)
         blob = json.dumps(decisive, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
+    def output_base(self) -> str:
+        """Where runs' folders and the answer cache go: `output_uri`, or the local bucket's prefix folder."""
+        return (self.output_uri or join_s3(f"s3://{LOCAL_BUCKET}", self.prefix)).rstrip("/")
+
+    @property
     def run_uri(self) -> str:
-        base = self.output_uri or join_s3(f"s3://{LOCAL_BUCKET}", self.prefix)
-        return join_s3(base, self.key)
+        return join_s3(self.output_base, self.key)
+
+    @property
+    def cache_uri(self) -> str:
+        """The answer cache of this model and invocation type under the output location."""
+        from tasks.answers import cache_uri
+
+        return cache_uri(self.output_base, self.model_id, self.invocation_type)
 
     def with_local_defaults(self) -> RunConfig:
         """What `--local` fills in: the emulator's bucket and a role ARN it accepts."""

@@ -116,7 +116,7 @@ def lookup_price(model_id: str, table: PriceTable | None = None) -> Price:
     raise UnknownModelPrice(f"no price for model {model_id!r} in the price table (as of {table.as_of}){hint}")
 
 
-def _usd(tokens: float, per_1k: float) -> float:
+def usd(tokens: float, per_1k: float) -> float:
     return tokens / 1000.0 * per_1k
 
 
@@ -159,21 +159,21 @@ class Estimate:
 
     @property
     def input_cost_usd(self) -> float:
-        return _usd(self.input_tokens, self.price.batch_input_per_1k)
+        return usd(self.input_tokens, self.price.batch_input_per_1k)
 
     @property
     def cost_bound_usd(self) -> float:
         """The most the run can cost at batch prices: every record writes max_tokens."""
-        return self.input_cost_usd + _usd(self.output_tokens_bound, self.price.batch_output_per_1k)
+        return self.input_cost_usd + usd(self.output_tokens_bound, self.price.batch_output_per_1k)
 
     @property
     def cost_expected_usd(self) -> float:
-        return self.input_cost_usd + _usd(self.output_tokens_expected, self.price.batch_output_per_1k)
+        return self.input_cost_usd + usd(self.output_tokens_expected, self.price.batch_output_per_1k)
 
     @property
     def on_demand_expected_usd(self) -> float:
         """The same expected work through on-demand calls, for comparison."""
-        return _usd(self.input_tokens, self.price.input_per_1k) + _usd(
+        return usd(self.input_tokens, self.price.input_per_1k) + usd(
             self.output_tokens_expected, self.price.output_per_1k
         )
 
@@ -302,13 +302,13 @@ class Cost:
 
     @property
     def batch_usd(self) -> float:
-        return _usd(self.input_tokens, self.price.batch_input_per_1k) + _usd(
+        return usd(self.input_tokens, self.price.batch_input_per_1k) + usd(
             self.output_tokens, self.price.batch_output_per_1k
         )
 
     @property
     def on_demand_usd(self) -> float:
-        return _usd(self.input_tokens, self.price.input_per_1k) + _usd(
+        return usd(self.input_tokens, self.price.input_per_1k) + usd(
             self.output_tokens, self.price.output_per_1k
         )
 

@@ -62,9 +62,10 @@ _GEO_PREFIX = re.compile(r"^(?:us|eu|apac|global|us-gov|ca|jp|au)\.")
 
 # Bedrock's record-level errors worth another attempt, plus our own codes for rows that never ran.
 RETRYABLE_ERROR_CODES: frozenset[str] = frozenset(
-    {"408", "424", "429", "500", "502", "503", "504", "missing", "expired", "job_failed", "malformed_output"}
+    {"408", "424", "429", "500", "502", "503", "504", "missing", "expired", "job_failed", "malformed_output",
+     "request_mismatch"}
 )
-ERROR_CODES_OWN = ("missing", "malformed_output", "invalid_input", "job_failed", "expired")
+ERROR_CODES_OWN = ("missing", "malformed_output", "invalid_input", "job_failed", "expired", "request_mismatch")
 
 RESULT_COLUMNS = ("error_code", "error_message", "input_tokens", "output_tokens", "stop_reason")
 MALFORMED_SNIPPET_CHARS = 200
@@ -260,6 +261,11 @@ def model_input_expr(family: ModelFamily, settings: InferenceSettings, prompt: p
             }
         )
     raise UnknownModelError(f"no request format for family {name!r}")
+
+
+def model_input_dtype(family: ModelFamily, settings: InferenceSettings) -> pl.DataType:
+    """The Polars type of the `modelInput` struct `model_input_expr` builds."""
+    return pl.select(model_input_expr(family, settings, pl.lit("", dtype=pl.String))).to_series().dtype
 
 
 def request_line_expr(

@@ -6,6 +6,9 @@ A job is paid for when Bedrock accepts it, so the dangerous moment is between "B
    so a retry of the same call is the same request (Bedrock ignores a repeated token);
 2. the ledger on S3 records "submitting" before the call and the ARN after it;
 3. a shard whose ledger says "submitting" without an ARN is looked up by name before anything is sent.
+A ledger belongs to one shard content (its file is named by the content hash, and it records the hash):
+an entry is attached to only when its job name is the one this run would submit, so a re-run whose shard
+holds other requests never picks up another shard's job.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from tasks.aws import split_s3_uri
 
@@ -93,14 +97,24 @@ class LedgerEntry:
     status: str | None = None
     message: str | None = None
     updated: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    # True once the job's answers are in the answer cache (nothing more to get from it).
+    harvested: bool = False
 
 
 @dataclass
 class Ledger:
-    """One shard's submission history, stored as JSON at `{run}/ledger/{shard}.json`."""
+    """One shard content's submission history, stored as JSON at `{run}/ledger/{shard stem}.json`.
+
+    It names what the jobs were given (`content_hash`, `input_uri`, `snapshot_uri`) and where they write
+    (`output_uri`), so a later run can collect a job it did not submit (`tasks.steps.adopt_earlier_jobs`).
+    """
 
     shard: str
     entries: list[LedgerEntry] = field(default_factory=list)
+    content_hash: str | None = None
+    input_uri: str | None = None
+    snapshot_uri: str | None = None
+    output_uri: str | None = None
 
     @property
     def latest(self) -> LedgerEntry | None:
@@ -114,12 +128,17 @@ class Ledger:
         self.entries.sort(key=lambda e: e.attempt)
 
     def to_json(self) -> str:
-        return json.dumps({"shard": self.shard, "entries": [asdict(e) for e in self.entries]}, indent=1)
+        return json.dumps({**{k: v for k, v in asdict(self).items() if k != "entries"},
+                           "entries": [asdict(e) for e in self.entries]}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Ledger:
         data = json.loads(text)
-        return cls(shard=data["shard"], entries=[LedgerEntry(**e) for e in data.get("entries", [])])
+        known = set(LedgerEntry.__dataclass_fields__)
+        entries = [LedgerEntry(**{k: v for k, v in e.items() if k in known}) for e in data.get("entries", [])]
+        return cls(shard=data["shard"], entries=entries, content_hash=data.get("content_hash"),
+                   input_uri=data.get("input_uri"), snapshot_uri=data.get("snapshot_uri"),
+                   output_uri=data.get("output_uri"))
 
 
 def read_ledger(s3: Any, uri: str, shard: str) -> Ledger:
@@ -170,6 +189,17 @@ def error_code(err: BaseException) -> str | None:
     return None
 
 
+def is_transient(err: BaseException) -> bool:
+    """An error a later try can fix: throttling, 5xx, and the endpoint being unreachable or slow.
+
+    botocore's connection errors (`EndpointConnectionError`, `ReadTimeoutError`...) are not Python's
+    `ConnectionError`: they are named here, so an outage never passes for a refusal.
+    """
+    if error_code(err) in RETRYABLE_API_ERRORS:
+        return True
+    return isinstance(err, HTTPClientError | BotoConnectionError | ConnectionError | TimeoutError)
+
+
 def submit_once(
     bedrock: Any,
     s3: Any,
@@ -181,15 +211,27 @@ def submit_once(
     on_quota_wait: Callable[[str], None] | None = None,
     wait: Callable[[float], None] | None = None,
     quota_backoff_s: tuple[float, float] = (5.0, 120.0),
+    content_hash: str | None = None,
 ) -> tuple[str, bool]:
     """Submit `identity`'s job unless it already exists; return (job ARN, whether it was attached).
 
+    An existing ledger entry is attached to only when it names this very job (`identity.job_name`, which
+    derives from the run, the shard's content hash and the attempt) and, when given, the ledger records
+    the same `content_hash`; any other entry is a different request set and is never reused.
     `ServiceQuotaExceededException` (other users' jobs fill the model's quota) waits with jittered
     exponential back-off and tries again; validation and access errors raise `JobSubmissionError`.
     """
     wait = wait or time.sleep
     ledger = read_ledger(s3, ledger_uri, shard)
+    if content_hash is not None and ledger.content_hash not in (None, content_hash):
+        raise JobSubmissionError(
+            f"{ledger_uri} records shard content {ledger.content_hash[:12]}, not {content_hash[:12]}: "
+            f"refusing to attach to another shard's jobs"
+        )
+    ledger.content_hash = ledger.content_hash or content_hash
     entry = ledger.entry(identity.attempt)
+    if entry is not None and entry.job_name != identity.job_name:
+        entry = None  # another job under this attempt number (another run key): never attach to it
     if entry is not None and entry.job_arn:
         return entry.job_arn, True
     if entry is not None and entry.state == "submitting":
@@ -260,6 +302,15 @@ def mark_terminal(s3: Any, uri: str, shard: str, attempt: int, status: str, mess
     write_ledger(s3, uri, ledger)
 
 
+def mark_harvested(s3: Any, uri: str, shard: str, job_arn: str) -> None:
+    """Note that a job's answers are in the answer cache: no later run needs to wait for or read it."""
+    ledger = read_ledger(s3, uri, shard)
+    for entry in ledger.entries:
+        if entry.job_arn == job_arn:
+            entry.harvested = True
+    write_ledger(s3, uri, ledger)
+
+
 # ------------------------------------------------------------------------------------------- polling
 
 
@@ -290,21 +341,38 @@ def wait_until_terminal(
     on_update: Callable[[dict[str, Any], dict[str, Any] | None], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     step: float = 0.5,
+    on_transient: Callable[[str], None] | None = None,
+    max_outage_s: float = 3600.0,
 ) -> dict[str, Any]:
     """Poll a job until it reaches a terminal state; return its last description.
 
     Sleeps in short steps so cancellation (`should_stop`) and task timeouts act within `step` seconds.
-    `on_update(job, previous)` is called on every status change and counter change.
+    `on_update(job, previous)` is called on every status change and counter change. A poll that fails
+    for a transient reason (throttling, 5xx, the endpoint unreachable) is tried again at the next
+    interval, for up to `max_outage_s` in a row: the job runs on whether we can see it or not.
     """
     interval = min_interval
     previous: dict[str, Any] | None = None
+    outage_since: float | None = None
     while True:
-        job = bedrock.get_model_invocation_job(jobIdentifier=job_arn)
-        job.pop("ResponseMetadata", None)
-        if on_update and (previous is None or _changed(job, previous)):
-            on_update(job, previous)
-        if job["status"] in TERMINAL:
-            return job
+        try:
+            job = bedrock.get_model_invocation_job(jobIdentifier=job_arn)
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            outage_since = outage_since or time.monotonic()
+            if time.monotonic() - outage_since > max_outage_s:
+                raise
+            if on_transient:
+                on_transient(f"cannot read job {job_arn} ({type(err).__name__}: {err}); trying again")
+            job = {**(previous or {}), "status": (previous or {}).get("status", "Submitted")}
+        else:
+            outage_since = None
+            job.pop("ResponseMetadata", None)
+            if on_update and (previous is None or _changed(job, previous)):
+                on_update(job, previous)
+            if job["status"] in TERMINAL:
+                return job
         previous = job
         interval = next_poll_interval(job, interval, max_interval=max_interval, min_interval=min_interval)
         deadline = time.monotonic() + interval

@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 from boto3.s3.transfer import TransferConfig
 
+from tasks.answers import KEY, model_input_json_expr, request_key_expr
 from tasks.aws import AwsSettings, client, join_s3, split_s3_uri
 from tasks.formats import InferenceSettings, ModelFamily, request_line_expr
 from tasks.plan import Quotas, ShardPlan, ShardSpec, plan_shards
@@ -43,6 +44,7 @@ MULTIPART_CHUNK_BYTES = 64 * 1024 * 1024
 PREPARED_MANIFEST = "prepared.json"
 # Internal column names, chosen so they cannot shadow an input column such as `prompt`.
 _PROMPT, _ERROR, _LINE, _BYTES, _TOKENS = "__prompt", "__input_error", "__line", "__line_bytes", "__tokens"
+_CACHED = "__cached"
 _ROW_GROUP = 20_000
 # Rows staged per sink (see _stage): small enough to keep peak RSS flat, large enough to cost little.
 STAGE_CHUNK_ROWS = 250_000
@@ -57,7 +59,11 @@ _SNAPSHOT = {"compression": "zstd", "compression_level": 1}
 
 @dataclass(frozen=True)
 class PreparedShard:
-    """One shard as written: where its JSONL and snapshot live and what its content hashes to."""
+    """One shard as written: where its JSONL and snapshot live and what its content hashes to.
+
+    Its files, ledger and job outputs are named by `stem` (name + content hash): a re-run whose shard
+    holds other requests writes, and attaches to, nothing of this one's.
+    """
 
     index: int
     name: str
@@ -71,6 +77,10 @@ class PreparedShard:
     @property
     def input_file_name(self) -> str:
         return self.input_uri.rsplit("/", 1)[-1]
+
+    @property
+    def stem(self) -> str:
+        return shard_stem(self.name, self.content_hash)
 
 
 @dataclass
@@ -87,6 +97,8 @@ class PreparedRun:
     columns: list[str]
     estimated_input_tokens: int
     dropped_rows: int = 0
+    cached_rows: int = 0
+    cached_uri: str | None = None
     family: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -124,6 +136,11 @@ def check_s3_uri(uri: str) -> str:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:04d}"
+
+
+def shard_stem(name: str, content_hash: str) -> str:
+    """`shard-0001-<12 hex>`: names a shard's files by what they hold."""
+    return f"{name}-{content_hash[:12]}"
 
 
 class _Span(io.RawIOBase):
@@ -202,6 +219,9 @@ def prepare_run(
     work_dir: str | Path | None = None,
     multipart_chunk_bytes: int = MULTIPART_CHUNK_BYTES,
     max_record_bytes: int = MAX_RECORD_BYTES,
+    model_id: str = "",
+    invocation_type: str = "InvokeModel",
+    answered: pl.Series | None = None,
 ) -> PreparedRun:
     """Turn source rows into uploaded shards (or an on-demand file) under `run_uri`.
 
@@ -210,6 +230,9 @@ def prepare_run(
     `on_demand.parquet` holds input columns + the request's `prompt` and `line` (which replace input
     columns of the same names).
     With `max_num_jobs`, only the first rows that fit in that many shards are sent (`dropped_rows`).
+    Each valid row gets a request key (`tasks.answers`); rows whose key is in `answered` (the answer
+    cache's keys) are not sent: they go to `cached.parquet` (input columns + key) and are answered from
+    the cache at the end of the run. Snapshots and `on_demand.parquet` carry the key too.
     """
     run_uri = run_uri.rstrip("/")
     check_s3_uri(join_s3(run_uri, "input", shard_name(1) + ".jsonl"))
@@ -224,17 +247,22 @@ def prepare_run(
         return select_input(lf, input_column, prompt_column=_PROMPT, error_column=_ERROR)
 
     line = request_line_expr(family, settings, prompt=_PROMPT)
+    key = request_key_expr(model_input_json_expr(pl.col(_LINE)), model_id, invocation_type)
+    cached = (pl.col(KEY).is_in(answered.implode()) if answered is not None and answered.len()
+              else pl.lit(False)).fill_null(False)
 
     def encode(lf: pl.LazyFrame) -> pl.LazyFrame:
-        """Input columns + the row's error, request line, its size in bytes (with newline), token estimate."""
+        """Input columns + the row's error, request line, its size in bytes (with newline), token estimate,
+        request key and whether the answer cache has it."""
         return (
             render(lf)
             .with_columns(
                 pl.when(pl.col(_ERROR).is_null()).then(line).alias(_LINE),
                 estimate_tokens_expr(pl.col(_PROMPT), settings.system).alias(_TOKENS),
             )
-            .with_columns((pl.col(_LINE).str.len_bytes().cast(pl.Int64) + 1).alias(_BYTES))
-            .select(*columns, _ERROR, _LINE, _BYTES, _TOKENS)
+            .with_columns((pl.col(_LINE).str.len_bytes().cast(pl.Int64) + 1).alias(_BYTES), key.alias(KEY))
+            .with_columns(cached.alias(_CACHED))
+            .select(*columns, _ERROR, _LINE, _BYTES, _TOKENS, KEY, _CACHED)
         )
 
     with tempfile.TemporaryDirectory(prefix="prepare-", dir=work_dir) as tmp:
@@ -243,17 +271,19 @@ def prepare_run(
         # request line) and the valid rows' request lines into JSONL parts: a shard is a byte range of them.
         clock = time.perf_counter()
         source, stage, lines = _stage(source, encode, tmpdir)
-        # Input columns + each row's input error, row for row: what snapshots and refused rows are cut from.
-        rows = pl.concat([source, stage.select(_ERROR)], how="horizontal")
+        # Input columns + each row's input error, key and cache hit, row for row: what snapshots, refused
+        # and cached rows are cut from. A row is sent when it is valid and not answered already.
+        rows = pl.concat([source, stage.select(_ERROR, KEY, _CACHED)], how="horizontal")
+        send = pl.col(_ERROR).is_null() & ~pl.col(_CACHED)
         timings = {"render+encode+stage": time.perf_counter() - clock}
         ids = pl.col(RECORD_ID)
         total_rows, null_ids, duplicated = stage.select(
             pl.len(), (ids.is_null() | (ids == "")).sum().alias("null"), ids.is_duplicated().sum().alias("dup")
         ).collect(engine="streaming").row(0)
         check_ids(stage.select(RECORD_ID), total_rows, null_ids, duplicated, source="input")
-        check_record_sizes(stage.filter(pl.col(_ERROR).is_null()), max_record_bytes)
-        # What the plan needs, ~17 bytes a row: the ids stay on disk.
-        meta = stage.select(pl.col(_ERROR).is_null().alias("ok"), _BYTES, _TOKENS).collect()
+        check_record_sizes(stage.filter(send), max_record_bytes)
+        # What the plan needs, ~18 bytes a row: the ids stay on disk.
+        meta = stage.select(send.alias("ok"), _BYTES, _TOKENS, pl.col(_CACHED)).collect()
 
         valid_mask = meta.get_column("ok").to_numpy()
         positions = np.flatnonzero(valid_mask)  # staged row of each valid row, in order
@@ -266,8 +296,9 @@ def prepare_run(
             max_records_per_job=max_records_per_job,
         )
         tokens = int(sizes.get_column(_TOKENS).head(plan.total_records).sum())
-        invalid_rows = total_rows - sizes.height
-        valid = rows.filter(pl.col(_ERROR).is_null())
+        cached_rows = int(meta.get_column(_CACHED).sum())
+        invalid_rows = total_rows - sizes.height - cached_rows
+        valid = rows.filter(send)
         written = sum(path.stat().st_size for path in lines)
         if written != offsets[-1]:  # byte ranges and limits rest on it
             raise RuntimeError(f"wrote {written} bytes of JSONL, planned {offsets[-1]}")
@@ -283,6 +314,7 @@ def prepare_run(
             columns=columns,
             estimated_input_tokens=tokens,
             dropped_rows=plan.dropped_records,
+            cached_rows=cached_rows,
             family=family.name,
             settings=asdict(settings),
         )
@@ -300,6 +332,11 @@ def prepare_run(
                 ).sink_parquet(invalid_path, compression="zstd")
                 run.invalid_uri = join_s3(run_uri, "invalid.parquet")
                 upload(invalid_path, run.invalid_uri)
+            if cached_rows:
+                cached_path = tmpdir / "cached.parquet"
+                rows.filter(pl.col(_CACHED)).select(*columns, KEY).sink_parquet(cached_path, compression="zstd")
+                run.cached_uri = join_s3(run_uri, "cached.parquet")
+                upload(cached_path, run.cached_uri)
             if plan.on_demand:
                 if plan.total_records:
                     path = tmpdir / "on_demand.parquet"
@@ -307,7 +344,8 @@ def prepare_run(
                     keep = [c for c in columns if c not in ("prompt", "line")]
                     render(valid.head(plan.total_records).select(columns)).select(
                         *keep, pl.col(_PROMPT).alias("prompt"), line.alias("line")
-                    ).sink_parquet(path)
+                    ).with_columns(request_key_expr(model_input_json_expr(pl.col("line")), model_id,
+                                                    invocation_type).alias(KEY)).sink_parquet(path)
                     run.on_demand_uri = join_s3(run_uri, "on_demand.parquet")
                     upload(path, run.on_demand_uri)
             else:
@@ -316,17 +354,19 @@ def prepare_run(
                     name = shard_name(spec.index)
                     snapshot = tmpdir / f"{name}.parquet"
                     first, last = int(positions[spec.start]), int(positions[spec.stop - 1])
-                    rows.slice(first, last - first + 1).filter(pl.col(_ERROR).is_null()).select(columns).sink_parquet(
+                    rows.slice(first, last - first + 1).filter(send).select(*columns, KEY).sink_parquet(
                         snapshot, **_SNAPSHOT
                     )
+                    content_hash = digest.result()
+                    stem = shard_stem(name, content_hash)
                     shard = PreparedShard(
                         index=spec.index,
                         name=name,
-                        input_uri=check_s3_uri(join_s3(run_uri, "input", f"{name}.jsonl")),
-                        snapshot_uri=join_s3(run_uri, "snapshots", f"{name}.parquet"),
+                        input_uri=check_s3_uri(join_s3(run_uri, "input", f"{stem}.jsonl")),
+                        snapshot_uri=join_s3(run_uri, "snapshots", f"{stem}.parquet"),
                         records=spec.records,
                         bytes=spec.bytes,
-                        content_hash=digest.result(),
+                        content_hash=content_hash,
                         start=spec.start,
                     )
                     upload((lines, int(offsets[spec.start]), spec.bytes), shard.input_uri)
@@ -339,9 +379,10 @@ def prepare_run(
             timings["upload wait"] = time.perf_counter() - clock
         _put_json(join_s3(run_uri, PREPARED_MANIFEST), run.to_dict(), aws)
     log.info(
-        "prepared %d rows (%d refused) into %d shard(s): %s",
+        "prepared %d rows (%d refused, %d answered from the cache) into %d shard(s): %s",
         total_rows,
         invalid_rows,
+        cached_rows,
         len(run.shards),
         ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
     )
@@ -374,8 +415,9 @@ def _stage(
         lines.append(tmpdir / f"lines-{len(lines):05d}.jsonl")
         chunk = encode(source.slice(offset, STAGE_CHUNK_ROWS))
         pl.collect_all([
-            chunk.select(RECORD_ID, _ERROR, _BYTES, _TOKENS).sink_parquet(parts[-1], lazy=True, **_STAGING),
-            chunk.filter(pl.col(_ERROR).is_null()).select(_LINE).sink_csv(
+            chunk.select(RECORD_ID, _ERROR, _BYTES, _TOKENS, KEY, _CACHED).sink_parquet(parts[-1], lazy=True,
+                                                                              **_STAGING),
+            chunk.filter(pl.col(_ERROR).is_null() & ~pl.col(_CACHED)).select(_LINE).sink_csv(
                 lines[-1], include_header=False, quote_style="never", lazy=True
             ),
         ])

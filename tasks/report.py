@@ -110,6 +110,9 @@ class RunSummary:
     jobs_attached: int = 0
     repaired: int = 0
     on_demand: int = 0
+    repair_jobs: int = 0
+    cached: int = 0  # rows answered from the answer cache (not sent again)
+    cache_saved_usd: float | None = None  # what those rows would have cost at batch price
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = None
@@ -167,8 +170,10 @@ def publish_results(summary: RunSummary, key: str, link: str | None) -> None:
         f"## Run `{summary.run_key}`\n\n"
         f"| what | value |\n|---|---|\n| model | `{summary.model_id}` |\n| rows | {summary.total_rows:,} |\n"
         f"| ok | {summary.ok:,} |\n| with error | {summary.failed:,} |\n| shards / jobs | {summary.shards} / "
-        f"{summary.jobs_submitted} submitted, {summary.jobs_attached} attached |\n"
-        f"| repaired | {summary.repaired:,} |\n| input / output tokens | {summary.input_tokens:,} / "
+        f"{summary.jobs_submitted} submitted, {summary.jobs_attached} attached, {summary.repair_jobs} repair |\n"
+        f"| repaired | {summary.repaired:,} |\n| from the answer cache | {summary.cached:,} rows"
+        f"{f', {_fmt_cost(summary.cache_saved_usd)} not paid again' if summary.cached else ''} |\n"
+        f"| input / output tokens | {summary.input_tokens:,} / "
         f"{summary.output_tokens:,} |\n| cost (batch price) | {_fmt_cost(summary.cost_usd)} |\n"
         f"| output | `{summary.results_uri}` |\n"
         + (f"\n### Errors by code\n| code | rows |\n|---|---|\n{errors}\n" if errors else "")
@@ -197,8 +202,11 @@ def summary_text(summary: RunSummary) -> str:
             " (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(summary.errors_by_code.items())) + ")"
             if summary.errors_by_code else "")),
         ("shards", str(summary.shards)),
-        ("jobs", f"{summary.jobs_submitted} submitted, {summary.jobs_attached} attached"),
+        ("jobs", f"{summary.jobs_submitted} submitted, {summary.jobs_attached} attached, "
+                 f"{summary.repair_jobs} repair"),
         ("repaired / on-demand", f"{summary.repaired:,} / {summary.on_demand:,}"),
+        ("from the answer cache", f"{summary.cached:,} rows" + (
+            f", {_fmt_cost(summary.cache_saved_usd)} not paid again" if summary.cached else "")),
         ("tokens in / out", f"{summary.input_tokens:,} / {summary.output_tokens:,}"),
         ("cost (batch price)", _fmt_cost(summary.cost_usd)),
         ("wall time", _fmt_s(summary.elapsed_s)),

@@ -20,7 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from tasks import jobs
+from tasks import answers, jobs
 from tasks.aws import client, join_s3
 from tasks.collect import ResultPart, collect_shard, mark_failed, result_part_name, write_result_part
 from tasks.concurrency import hold_slot
@@ -28,6 +28,7 @@ from tasks.config import RunConfig
 from tasks.formats import resolve_family
 from tasks.logs import run_logger
 from tasks.prepare import PreparedShard
+from tasks.steps import request_scope
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _retryable(task: Any, task_run: Any, state: Any) -> bool:
     except jobs.JobSubmissionError:
         return False
     except Exception as err:
-        return jobs.error_code(err) in jobs.RETRYABLE_API_ERRORS or isinstance(err, ConnectionError | TimeoutError)
+        return jobs.is_transient(err)
     return False
 
 
@@ -76,11 +77,16 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
     """Drive `shard`'s job to a terminal state while holding one slot of `limit`."""
     log = run_logger()
     bedrock, s3 = client("bedrock", cfg.aws), client("s3", cfg.aws)
-    ledger_uri = join_s3(run_uri, "ledger", f"{shard.name}.json")
+    ledger_uri = join_s3(run_uri, "ledger", f"{shard.stem}.json")
+    output_uri = join_s3(run_uri, "jobs", shard.stem) + "/"
     ctx = TaskRunContext.get()
     task_run_id = ctx.task_run.id if ctx else None
 
     ledger = jobs.read_ledger(s3, ledger_uri, shard.name)
+    if ledger.input_uri is None:  # what a later run needs to collect these jobs without this run's plan
+        ledger.content_hash, ledger.input_uri = shard.content_hash, shard.input_uri
+        ledger.snapshot_uri, ledger.output_uri = shard.snapshot_uri, output_uri
+        jobs.write_ledger(s3, ledger_uri, ledger)
     result = JobResult(shard=shard.name, status="Pending")
     first = 1
     # A re-run moves past attempts the ledger already saw end in failure.
@@ -96,7 +102,7 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
         identity = jobs.job_identity(cfg.prefix, run_uri_key(cfg, run_uri), shard.name, shard.content_hash, attempt)
         spec = jobs.JobSpec(
             model_id=cfg.model_id, role_arn=cfg.role_arn or "", input_uri=shard.input_uri,
-            output_uri=join_s3(run_uri, "jobs", shard.name) + "/", timeout_hours=cfg.timeout_hours,
+            output_uri=output_uri, timeout_hours=cfg.timeout_hours,
             invocation_type=cfg.invocation_type,
             tags=(("bedrock-batch-flows:run", cfg.key), ("bedrock-batch-flows:shard", shard.name),
                   *cfg.extra_tags),
@@ -118,13 +124,13 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
             arn, attached = jobs.submit_once(
                 bedrock, s3, spec=spec, identity=identity, ledger_uri=ledger_uri, shard=shard.name,
                 on_quota_wait=log.warning,
-                quota_backoff_s=quota_backoff(cfg),
+                quota_backoff_s=quota_backoff(cfg), content_hash=shard.content_hash,
             )
             log.info("%s %s job %s (attempt %d)", shard.name, "attached to" if attached else "submitted",
                      identity.job_name, attempt)
             job = jobs.wait_until_terminal(
                 bedrock, arn, max_interval=cfg.poll_interval_s, min_interval=cfg.min_poll_interval_s,
-                on_update=on_update, should_stop=stop,
+                on_update=on_update, should_stop=stop, on_transient=log.warning,
             )
         status = job["status"]
         jobs.mark_terminal(s3, ledger_uri, shard.name, attempt, status, job.get("message"))
@@ -201,13 +207,18 @@ def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: s
     if job.status in jobs.COLLECTABLE and job.job_arn:
         result = collect_shard(
             family=family,
-            output_prefix_uri=join_s3(run_uri, "jobs", shard.name, jobs.job_id_from_arn(job.job_arn)) + "/",
+            output_prefix_uri=join_s3(run_uri, "jobs", shard.stem, jobs.job_id_from_arn(job.job_arn)) + "/",
             snapshot_uri=shard.snapshot_uri, input_file_name=shard.input_file_name, aws=aws,
-            missing_code="expired" if job.status == "Expired" else "missing",
+            missing_code="expired" if job.status == "Expired" else "missing", job_name=job.job_name,
+            scope=request_scope(cfg),
         )
         frame, outcome.manifest, outcome.problems = result.frame, result.manifest, list(result.problems)
         for problem in outcome.problems:
             log.warning("%s: %s", shard.name, problem)
+        # Every answer goes to the cache at once: a crash from here on never pays for it again.
+        answers.store(cfg.cache_uri, jobs.job_id_from_arn(job.job_arn), result.answers, aws)
+        jobs.mark_harvested(client("s3", aws), join_s3(run_uri, "ledger", f"{shard.stem}.json"), shard.name,
+                            job.job_arn)
     else:
         code = "expired" if job.status == "Expired" else "job_failed"
         message = f"job {job.job_name} ended {job.status}: {job.message or 'no message'}"

@@ -5,6 +5,7 @@ Each step is a thin wrapper that turns a `RunConfig` into calls of the pure data
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -13,9 +14,10 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import answers, harvest, jobs
 from tasks import cost as costs
-from tasks import jobs
-from tasks.aws import client, join_s3, split_s3_uri
+from tasks.answers import RequestScope
+from tasks.aws import client, join_s3, split_s3_uri, storage_options
 from tasks.collect import (
     RESULTS_DIR,
     ResultPart,
@@ -23,13 +25,20 @@ from tasks.collect import (
     conform,
     join_results,
     mark_invalid,
-    read_results,
     read_snapshot,
+    split_keys,
     write_result_part,
     write_results_manifest,
 )
 from tasks.config import RunConfig, config_from_params
-from tasks.formats import RETRYABLE_ERROR_CODES, InferenceSettings, ModelFamily, resolve_family, result_schema
+from tasks.formats import (
+    RETRYABLE_ERROR_CODES,
+    InferenceSettings,
+    ModelFamily,
+    model_input_dtype,
+    resolve_family,
+    result_schema,
+)
 from tasks.logs import LOGGER_NAME, run_logger
 from tasks.ondemand import invoke_rows
 from tasks.plan import Quotas
@@ -89,6 +98,12 @@ def resolve(cfg: RunConfig) -> tuple[ModelFamily, PromptTemplate | None, Inferen
     return family, template, inference_settings(cfg, template)
 
 
+def request_scope(cfg: RunConfig) -> RequestScope:
+    """What this run's request keys are relative to (model, invocation type, the modelInput type)."""
+    family, _, settings = resolve(cfg)
+    return RequestScope(cfg.model_id, cfg.invocation_type, model_input_dtype(family, settings))
+
+
 def quotas(cfg: RunConfig) -> Quotas:
     return Quotas(min_records=cfg.min_records_per_job, max_records=cfg.max_records_per_job,
                   slots=cfg.max_concurrent_jobs)
@@ -107,16 +122,36 @@ def prepare(cfg: RunConfig) -> PreparedRun:
                    record_id_column=cfg.record_id_column),
         cfg.aws,
     )
+    answered = answers.cached_keys(cfg.cache_uri, cfg.aws) if cfg.reuse_answers else None
     prepared = prepare_run(
         source, family=family, settings=settings, template=template, run_uri=cfg.run_uri, aws=cfg.aws,
         quotas=quotas(cfg), input_column=cfg.input_column, max_num_jobs=cfg.max_num_jobs,
-        max_record_bytes=cfg.max_record_bytes,
+        max_record_bytes=cfg.max_record_bytes, model_id=cfg.model_id, invocation_type=cfg.invocation_type,
+        answered=answered,
     )
-    log.info("prepared %s rows: %d shard(s), %d wave(s)%s%s", f"{prepared.total_rows:,}", len(prepared.shards),
+    log.info("prepared %s rows: %d shard(s), %d wave(s)%s%s%s", f"{prepared.total_rows:,}", len(prepared.shards),
              prepared.plan.waves, ", on-demand (fewer rows than the job minimum)" if prepared.plan.on_demand else "",
+             f", {prepared.cached_rows:,} answered from the answer cache (not sent)" if prepared.cached_rows else "",
              f", {prepared.invalid_rows:,} row(s) refused (see error_code invalid_input)"
              if prepared.invalid_rows else "")
     return prepared
+
+
+@task(name="adopt-earlier-jobs", cache_policy=NO_CACHE, persist_result=False)
+def adopt_earlier_jobs(cfg: RunConfig) -> int:
+    """Jobs an earlier run of this folder paid for but never collected: wait for them and cache their
+    answers, so that planning sends none of their requests again. Returns how many jobs were adopted."""
+    pending = harvest.pending_jobs(client("s3", cfg.aws), cfg.run_uri)
+    if not pending:
+        return 0
+    log = run_logger()
+    log.info("%d job(s) of an earlier run of %s are not collected yet (already paid for): waiting for them "
+             "before planning", len(pending), cfg.run_uri)
+    family, _, _ = resolve(cfg)
+    cached = harvest.harvest(pending, family=family, scope=request_scope(cfg), cache_uri=cfg.cache_uri,
+                             aws=cfg.aws, poll_interval_s=cfg.poll_interval_s, log=log.info)
+    log.info("adopted %d earlier job(s): %s answer(s) in the answer cache", len(pending), f"{cached:,}")
+    return len(pending)
 
 
 @task(name="estimate", cache_policy=NO_CACHE, persist_result=False)
@@ -160,11 +195,11 @@ def _retryable_rows(frames: list[pl.DataFrame], family: ModelFamily) -> pl.DataF
 def repair(
     outcomes: list[Any], prepared: PreparedRun, cfg: RunConfig,
     run_shards: Callable[[PreparedRun, RunConfig, Any], list[Any]],
-) -> pl.DataFrame | None:
+) -> tuple[pl.DataFrame | None, int]:
     """Retry records that failed for a retryable reason: as a repair job, or on-demand when too few.
 
     Returns the repair results (record_id + result columns, one row per repaired record, latest round
-    wins); `finalize` lays them over the shards' parts.
+    wins), which `finalize` lays over the shards' parts, and the number of repair jobs run.
     """
     log = run_logger()
     family, template, settings = resolve(cfg)
@@ -175,6 +210,7 @@ def repair(
     ]
     pending = _retryable_rows([read_snapshot(p.uri, cfg.aws) for p in parts], family)
     results: list[pl.DataFrame] = []
+    repair_jobs = 0
     # After the batch rounds, one more round when what is left is under the job minimum: it runs
     # on-demand at once, so a last repair job that ended PartiallyCompleted or Expired does not leave
     # its records in error.
@@ -194,12 +230,14 @@ def repair(
             rep = prepare_run(
                 rows.lazy(), family=family, settings=settings, template=template,
                 run_uri=join_s3(cfg.run_uri, f"repair-{round_no}{suffix}"), aws=cfg.aws, quotas=quotas(cfg),
-                input_column=cfg.input_column, max_record_bytes=cfg.max_record_bytes,
+                input_column=cfg.input_column, max_record_bytes=cfg.max_record_bytes, model_id=cfg.model_id,
+                invocation_type=cfg.invocation_type,
             )
             if rep.plan.on_demand:
                 done_parts.append(serve_on_demand(rep, cfg, family, settings))
             else:
                 rep_outcomes = run_shards(rep, cfg, None)
+                repair_jobs += sum(o.submitted + (1 if o.attached else 0) for o in rep_outcomes)
                 done_parts += [read_snapshot(o.part.uri, cfg.aws) for o in rep_outcomes if o.part]
         done = pl.concat(done_parts, how="diagonal_relaxed")
         # A repair job that failed as a whole says nothing new about its records: keep their first error.
@@ -208,8 +246,9 @@ def repair(
         still = done.filter(pl.col("error_code").is_in(sorted(REPAIRABLE_ERROR_CODES))).select(RECORD_ID)
         pending = pending.join(still, on=RECORD_ID, how="semi")
     if not results:
-        return None
-    return pl.concat(results, how="vertical_relaxed").unique(RECORD_ID, keep="last", maintain_order=True)
+        return None, repair_jobs
+    return (pl.concat(results, how="vertical_relaxed").unique(RECORD_ID, keep="last", maintain_order=True),
+            repair_jobs)
 
 
 def batchable_records(n: int, min_records: int, max_records: int) -> int:
@@ -224,21 +263,30 @@ def batchable_records(n: int, min_records: int, max_records: int) -> int:
 
 def serve_on_demand(prepared: PreparedRun, cfg: RunConfig, family: ModelFamily,
                     settings: InferenceSettings) -> pl.DataFrame:
-    """Rows under the job minimum: one runtime call each; returns rows in the output schema."""
-    rows = read_snapshot(prepared.on_demand_uri, cfg.aws)
+    """Rows under the job minimum: one runtime call each; returns rows in the output schema and puts the
+    answers in the answer cache."""
+    rows, keys = split_keys(read_snapshot(prepared.on_demand_uri, cfg.aws))
     run_logger().info("serving %s row(s) on-demand (below the %d-record job minimum)", f"{rows.height:,}",
                 cfg.min_records_per_job)
     results = invoke_rows(rows.select(RECORD_ID, "prompt"), model_id=cfg.model_id, family=family,
                           settings=settings, aws=cfg.aws, concurrency=cfg.on_demand_concurrency)
     inputs = [c for c in prepared.columns if c in rows.columns]
-    snapshot = rows.select(inputs)
-    return conform(join_results(snapshot, results, family), family, inputs)
+    frame = conform(join_results(rows.select(inputs), results, family), family, inputs)
+    name = "on-demand-" + hashlib.sha256("".join(sorted(keys.get_column(answers.KEY).drop_nulls().to_list()))
+                                         .encode()).hexdigest()[:16]
+    answers.store(cfg.cache_uri, name, answers.answers(frame, keys, family), cfg.aws)
+    return frame
 
 
 def finalize(
     outcomes: list[Any], repaired: pl.DataFrame | None, prepared: PreparedRun, cfg: RunConfig, elapsed_s: float,
+    repair_jobs: int = 0, adopted: int = 0,
 ) -> tuple[RunSummary, list[ResultPart]]:
-    """Lay repairs over the shards' parts, add on-demand and refused rows, write the manifest."""
+    """Lay repairs over the shards' parts, add cached, on-demand and refused rows, write the manifest.
+
+    The manifest lists exactly this run's parts; any other `results/*.parquet` (a part of an earlier
+    plan of this run's folder) is deleted, so no reader can mix two runs' rows.
+    """
     aws = cfg.aws
     family, _, settings = resolve(cfg)
     parts: list[ResultPart] = []
@@ -264,12 +312,24 @@ def finalize(
     if prepared.invalid_uri:
         parts.append(write_result_part(mark_invalid(prepared.invalid_uri, family, aws), cfg.run_uri,
                                        "part-invalid", aws))
+    cached_tokens = (0, 0)
+    if prepared.cached_uri:
+        rows = read_snapshot(prepared.cached_uri, aws)
+        inputs = [c for c in rows.columns if c != answers.KEY]
+        frame = conform(answers.attach(rows, cfg.cache_uri, family, aws), family, inputs)
+        cached_tokens = frame.select(pl.col("input_tokens").fill_null(0).sum(),
+                                     pl.col("output_tokens").fill_null(0).sum()).row(0)
+        parts.append(write_result_part(frame, cfg.run_uri, "part-cached", aws))
 
     summary = summarize(parts, outcomes, prepared, cfg, elapsed_s)
     summary.repaired, summary.on_demand = repaired_ok, on_demand_rows
+    summary.repair_jobs, summary.jobs_attached = repair_jobs, summary.jobs_attached + adopted
+    summary.cached = prepared.cached_rows
+    summary.cache_saved_usd = _batch_cost(cfg.model_id, *cached_tokens) if prepared.cached_rows else None
     write_results_manifest(
         cfg.run_uri, parts, aws, extra={"run": summary.to_dict(), "jobs": [jobs_row(o) for o in outcomes]}
     )
+    remove_stale_parts(cfg.run_uri, parts, aws)
     if summary.errors_by_code:
         run_logger().warning(
             "%s row(s) with an error, by error_code: %s", f"{summary.failed:,}", summary.errors_by_code
@@ -283,9 +343,30 @@ def jobs_row(outcome: Any) -> dict[str, Any]:
     return row
 
 
+def _batch_cost(model_id: str, input_tokens: int, output_tokens: int) -> float | None:
+    """What these tokens cost at batch price (None for a model missing from the price table)."""
+    try:
+        price = costs.lookup_price(model_id)
+    except costs.UnknownModelPrice:
+        return None
+    return costs.usd(input_tokens, price.batch_input_per_1k) + costs.usd(output_tokens, price.batch_output_per_1k)
+
+
+def remove_stale_parts(run_uri: str, parts: list[ResultPart], aws: Any) -> list[str]:
+    """Delete `results/*.parquet` files that are not among `parts` (left by an earlier plan)."""
+    s3 = client("s3", aws)
+    bucket, prefix = split_s3_uri(join_s3(run_uri, RESULTS_DIR) + "/")
+    keep = {split_s3_uri(p.uri)[1] for p in parts}
+    stale = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+             for o in page.get("Contents", []) if o["Key"].endswith(".parquet") and o["Key"] not in keep]
+    for key in stale:
+        s3.delete_object(Bucket=bucket, Key=key)
+    return stale
+
+
 def summarize(parts: list[ResultPart], outcomes: list[Any], prepared: PreparedRun, cfg: RunConfig,
               elapsed_s: float) -> RunSummary:
-    tokens = (read_results(cfg.run_uri, cfg.aws).select(
+    tokens = (pl.scan_parquet([p.uri for p in parts], storage_options=storage_options(cfg.aws)).select(
         pl.col("input_tokens").fill_null(0).sum(), pl.col("output_tokens").fill_null(0).sum()).collect().row(0)
         if parts else (0, 0))
     errors: dict[str, int] = {}
@@ -338,15 +419,6 @@ def stop_run_jobs(flow: Any, flow_run: Any, state: Any) -> None:
 def stop_in_flight(cfg: RunConfig) -> list[tuple[str, str]]:
     """Stop every job of this run (main shards and repairs) that its ledgers show as not terminal."""
     s3, bedrock = client("s3", cfg.aws), client("bedrock", cfg.aws)
-    bucket, prefix = split_s3_uri(cfg.run_uri)
-    stopped = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
-        for obj in page.get("Contents", []):
-            key = obj["Key"]
-            if "/ledger/" not in key or not key.endswith(".json"):
-                continue
-            ledger = jobs.read_ledger(s3, f"s3://{bucket}/{key}", key.rsplit("/", 1)[-1][:-5])
-            for entry in ledger.entries:
-                if entry.job_arn and entry.state != "terminal":
-                    stopped.append((entry.job_arn, jobs.stop_job(bedrock, entry.job_arn)))
-    return stopped
+    return [(entry.job_arn, jobs.stop_job(bedrock, entry.job_arn))
+            for _, ledger in harvest.ledgers(s3, cfg.run_uri) for entry in ledger.entries
+            if entry.job_arn and entry.state != "terminal"]

@@ -8,6 +8,7 @@ import json
 import polars as pl
 import pytest
 
+from tasks.answers import request_key
 from tasks.aws import AwsSettings, client, storage_options
 from tasks.formats import FAMILIES, InferenceSettings
 from tasks.plan import Quotas
@@ -50,9 +51,11 @@ def test_shards_snapshots_and_manifest_land_under_the_run(aws: AwsSettings, buck
     assert [s.records for s in run.shards] == [100] * 4 and run.plan.waves == 1
     assert _keys(aws, bucket) == sorted(
         ["runs/k1/prepared.json"]
-        + [f"runs/k1/input/shard-000{i}.jsonl" for i in range(1, 5)]
-        + [f"runs/k1/snapshots/shard-000{i}.parquet" for i in range(1, 5)]
+        + [f"runs/k1/input/{s.stem}.jsonl" for s in run.shards]
+        + [f"runs/k1/snapshots/{s.stem}.parquet" for s in run.shards]
     )
+    # Files are named by what they hold: shard-0001-<first 12 hex of the content's SHA-256>.
+    assert [s.stem for s in run.shards] == [f"shard-000{i}-{s.content_hash[:12]}" for i, s in enumerate(run.shards, 1)]
     shard = run.shards[1]
     body = _get(aws, shard.input_uri)
     assert len(body) == shard.bytes and hashlib.sha256(body).hexdigest() == shard.content_hash
@@ -64,7 +67,10 @@ def test_shards_snapshots_and_manifest_land_under_the_run(aws: AwsSettings, buck
     )
     assert first["modelInput"]["temperature"] == 0.8  # the template's default filled the unset option
     snapshot = pl.read_parquet(shard.snapshot_uri, storage_options=storage_options(aws))
-    assert snapshot.columns == ["record_id", "topic", "n"]
+    assert snapshot.columns == ["record_id", "topic", "n", "__request_key"]
+    # Each row's request key: SHA-256 of (model, invocation type, the modelInput exactly as sent).
+    model_input = lines[0][lines[0].index('"modelInput":') + len('"modelInput":'):-1]
+    assert snapshot["__request_key"][0] == request_key(model_input, "", "InvokeModel")
     assert snapshot["record_id"].to_list() == [json.loads(line)["recordId"] for line in lines]
     assert load_prepared(run.run_uri, aws) == run
 
@@ -88,7 +94,7 @@ def test_too_few_rows_go_on_demand(aws: AwsSettings, bucket: str) -> None:
     run = _prepare(_topics(7), aws, f"s3://{bucket}/runs/k3")
     assert run.plan.on_demand and run.shards == [] and run.on_demand_uri
     rows = pl.read_parquet(run.on_demand_uri, storage_options=storage_options(aws))
-    assert rows.columns == ["record_id", "topic", "n", "prompt", "line"] and rows.height == 7
+    assert rows.columns == ["record_id", "topic", "n", "prompt", "line", "__request_key"] and rows.height == 7
     assert json.loads(rows["line"][0])["recordId"] == rows["record_id"][0]
     assert not any(k.startswith("runs/k3/input/") for k in _keys(aws, bucket))
 
@@ -195,3 +201,20 @@ def test_staging_in_row_chunks_changes_nothing_but_memory(
     invalid = pl.read_parquet(chunked.invalid_uri, storage_options=storage_options(aws))
     ids = pl.concat([snapshots["record_id"], invalid["record_id"]]).sort()
     assert ids.to_list() == [f"r{i:010d}" for i in range(437)]
+
+
+def test_requests_the_answer_cache_holds_are_not_sent_and_the_rest_are_planned(aws: AwsSettings, bucket: str) -> None:
+    first = _prepare(_topics(400), aws, f"s3://{bucket}/runs/c1", model_id="m")
+    keys = pl.concat([pl.read_parquet(s.snapshot_uri, storage_options=storage_options(aws)) for s in first.shards])
+    answered = keys.filter(pl.col("record_id") < "r0000000300").get_column("__request_key")
+    # Same requests under other ids (rows inserted at the top shift every generated id): found by content.
+    shifted = _topics(400).with_columns(("x" + pl.col("record_id")).alias("record_id"))
+    again = _prepare(shifted, aws, f"s3://{bucket}/runs/c2", model_id="m", answered=answered)
+    assert (again.cached_rows, sum(s.records for s in again.shards)) == (300, 100)
+    cached = pl.read_parquet(again.cached_uri, storage_options=storage_options(aws))
+    assert cached.height == 300 and set(cached["__request_key"]) == set(answered)
+    sent = "".join(_get(aws, s.input_uri).decode() for s in again.shards)
+    assert "xr0000000300" in sent and "xr0000000299" not in sent
+    # Another model is another request: nothing of the first model's answers applies.
+    other = _prepare(shifted, aws, f"s3://{bucket}/runs/c3", model_id="other", answered=answered)
+    assert other.cached_rows == 0 and sum(s.records for s in other.shards) == 400
