@@ -88,17 +88,20 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
         ledger.snapshot_uri, ledger.output_uri = shard.snapshot_uri, output_uri
         jobs.write_ledger(s3, ledger_uri, ledger)
     result = JobResult(shard=shard.name, status="Pending")
-    first = 1
+    # With reuse_answers off, jobs whose answers were already collected are not attached to again: the
+    # attempts start after them (a job still in flight or uncollected is attached to either way).
+    base = 0 if cfg.reuse_answers else max((e.attempt for e in ledger.entries if e.harvested), default=0)
+    first, last_attempt = base + 1, base + cfg.max_job_attempts
     # A re-run moves past attempts the ledger already saw end in failure.
     for entry in ledger.entries:
-        if entry.state == "terminal" and entry.status in ("Failed", "Expired"):
+        if entry.attempt > base and entry.state == "terminal" and entry.status in ("Failed", "Expired"):
             first = max(first, entry.attempt + 1)
-    if first > cfg.max_job_attempts and ledger.latest is not None:
+    if first > last_attempt and ledger.latest is not None:
         last = ledger.latest
         return JobResult(shard=shard.name, status=last.status or "Failed", job_name=last.job_name,
                          job_arn=last.job_arn, message=last.message, attempts=last.attempt, attached=True)
 
-    for attempt in range(first, cfg.max_job_attempts + 1):
+    for attempt in range(first, last_attempt + 1):
         identity = jobs.job_identity(cfg.prefix, run_uri_key(cfg, run_uri), shard.name, shard.content_hash, attempt)
         spec = jobs.JobSpec(
             model_id=cfg.model_id, role_arn=cfg.role_arn or "", input_uri=shard.input_uri,
@@ -139,7 +142,7 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
         result.attached = result.attached or attached
         result.submitted += 0 if attached else 1
         result.queued_s, result.ran_s, result.total_s = _durations(job, timeline)
-        if status in ("Failed", "Expired") and attempt < cfg.max_job_attempts:
+        if status in ("Failed", "Expired") and attempt < last_attempt:
             log.warning("%s job %s ended %s (%s); resubmitting as attempt %d", shard.name, identity.job_name,
                         status, job.get("message") or "no message", attempt + 1)
             continue

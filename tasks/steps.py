@@ -162,12 +162,13 @@ def estimate_run(prepared: PreparedRun, cfg: RunConfig) -> Any:
     _, _, settings = resolve(cfg)
     estimate = costs.estimate(
         model_id=cfg.model_id,
-        total_records=prepared.total_rows - prepared.invalid_rows,
+        total_records=prepared.total_rows - prepared.invalid_rows - prepared.cached_rows,
         input_tokens=prepared.estimated_input_tokens,
         max_output_tokens=settings.max_tokens if resolve_family(cfg.model_id, cfg.invocation_type).kind == "text"
         else 0,
-        # Rows under the job minimum go on-demand (no shard): forecast them as one job's worth.
-        n_shards=max(len(prepared.shards), 1 if prepared.plan.on_demand and prepared.plan.total_records else 0),
+        # Rows under the job minimum go on-demand (no shard): forecast them as one job's worth (also when
+        # nothing is left to send: every row cached or refused).
+        n_shards=max(len(prepared.shards), 1),
         slots=cfg.max_concurrent_jobs,
         min_records_per_job=cfg.min_records_per_job,
         max_records_per_job=cfg.max_records_per_job,

@@ -20,10 +20,24 @@ CREATE = "CreateModelInvocationJob"
 
 
 def read_output(results_uri: str, aws: Any = None) -> pl.DataFrame:
-    """Every result part of a run (`<run>/results/*.parquet`) as one frame."""
+    """A run's output: the result parts its `results/manifest.json` lists, as one frame."""
     from tasks.aws import storage_options
+    from tasks.collect import result_part_uris
 
-    return pl.read_parquet(results_uri.rstrip("/") + "/*.parquet", storage_options=storage_options(aws))
+    return pl.read_parquet(result_part_uris(results_uri, aws), storage_options=storage_options(aws))
+
+
+def paid_requests(calls: Iterable[dict[str, Any]], aws: Any = None) -> int:
+    """Requests Bedrock was paid for in these calls: the records of every job it accepted (each ARN once)
+    plus every successful on-demand InvokeModel / Converse call."""
+    from tasks.aws import client
+
+    bedrock = client("bedrock", aws)
+    arns = {c["jobArn"] for c in calls if c.get("operation") == CREATE and c.get("status_code") == 200}
+    records = sum(bedrock.get_model_invocation_job(jobIdentifier=arn).get("totalRecordCount") or 0
+                  for arn in arns)
+    return records + sum(1 for c in calls if c.get("operation") in ("InvokeModel", "Converse")
+                         and c.get("status_code") == 200)
 
 
 def created_jobs(calls: Iterable[dict[str, Any]], name_contains: str = "") -> dict[str, set[str]]:

@@ -50,9 +50,9 @@ def clean_emulator(emulator: Any) -> Any:
 
 
 def read_results(results_uri: str) -> pl.DataFrame:
-    from tasks.aws import storage_options
+    from tests.e2e.helpers import read_output
 
-    return pl.read_parquet(results_uri.rstrip("/") + "/*.parquet", storage_options=storage_options())
+    return read_output(results_uri)
 
 
 def created_job_names(calls: list[dict[str, Any]]) -> Counter[str]:

@@ -1,0 +1,175 @@
+"""Re-runs after the input or the plan changed: each answer belongs to its own request, none is paid twice.
+
+Every scenario runs the flow on a CSV (ids generated from row positions, the hard case: an inserted row
+renumbers every row after it), changes the file in place or a parameter, and runs again with the same
+output location. The emulator replies "Emulated reply to: <prompt>", so each output row can be checked
+against its own current prompt; its call log tells what the re-run paid for.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from tests.e2e.conftest import REPO, cli_env
+from tests.e2e.helpers import CREATE, created_jobs, paid_requests, read_output, wait_for
+
+pytestmark = pytest.mark.e2e
+
+CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+ROLE = "arn:aws:iam::123456789012:role/BedrockBatchRole"
+ROWS = 300  # three shards of 100
+
+
+def topics(n: int, tag: str = "t") -> pl.DataFrame:
+    return pl.DataFrame({"topic": [f"{tag}{i:04d}-{uuid.uuid4().hex[:6]}" for i in range(n)]})
+
+
+def reply(topic: pl.Expr) -> pl.Expr:
+    """The emulator's answer to joke_about_topic for a row."""
+    return pl.concat_str([pl.lit("Emulated reply to: Tell me a joke about "), topic, pl.lit(" in less than 50 words.")])
+
+
+@pytest.fixture
+def quick(emulator: Any, local_aws: Any) -> Any:
+    before = emulator.profile
+    emulator.set_profile({"time_scale": 1e-4, "min_records": 50})
+    yield emulator
+    emulator.set_profile(before)
+
+
+@pytest.fixture
+def out_uri(local_aws: Any) -> str:
+    """A fresh bucket: an empty answer cache."""
+    from tasks.aws import client
+
+    bucket = f"rerun-{uuid.uuid4().hex[:10]}"
+    client("s3", local_aws).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/out"
+
+
+def run(emulator: Any, path: Path, out_uri: str, **params: Any) -> tuple[dict[str, Any], pl.DataFrame, int]:
+    """The flow on `path`; returns its summary, its output and the number of requests it paid for."""
+    from flows.batch_inference import batch_inference
+
+    before = len(emulator.calls())
+    summary = batch_inference(**{
+        "model_id": CLAUDE, "input_path": str(path), "prompt_id": "joke_about_topic", "job_name_prefix": "rerun",
+        "output_uri": out_uri, "role_arn": ROLE, "max_records_per_job": 100, "min_records_per_job": 50,
+        "poll_interval_s": 0.5, **params,
+    })
+    return summary, read_output(summary["results_uri"]), paid_requests(emulator.calls()[before:])
+
+
+def assert_answers_own_rows(output: pl.DataFrame, current: pl.DataFrame) -> None:
+    """Exactly the current input's rows, once each, each with the reply to its own current prompt."""
+    assert output.height == current.height, f"{output.height} output rows for {current.height} input rows"
+    assert output["record_id"].n_unique() == output.height
+    assert sorted(output["topic"].to_list()) == sorted(current["topic"].to_list())
+    assert output["error_code"].null_count() == output.height, output["error_code"].value_counts()
+    wrong = output.filter(pl.col("response") != reply(pl.col("topic")))
+    assert wrong.is_empty(), f"{wrong.height} row(s) carry another row's reply: {wrong.head(3).to_dicts()}"
+
+
+def edit_one(df: pl.DataFrame) -> pl.DataFrame:
+    return df.with_columns(pl.when(pl.int_range(pl.len()) == 137).then(pl.lit("edited-" + uuid.uuid4().hex[:6]))
+                           .otherwise(pl.col("topic")).alias("topic"))
+
+
+# name -> (new input from the old one, parameters of the re-run, requests the change makes new)
+CHANGES: dict[str, tuple[Callable[[pl.DataFrame], pl.DataFrame], dict[str, Any], int]] = {
+    "edited-row": (edit_one, {}, 1),
+    "inserted-row-without-record-id": (lambda df: pl.concat([topics(1, "new"), df]), {}, 1),
+    "reordered-rows": (lambda df: df.reverse(), {}, 0),
+    "shrunk-input": (lambda df: df.head(170), {}, 0),
+    "grown-input": (lambda df: pl.concat([df, topics(60, "more")]), {}, 60),
+    "max-concurrent-jobs-changed": (lambda df: df, {"max_concurrent_jobs": 3}, 0),
+    "max-records-per-job-changed": (lambda df: df, {"max_records_per_job": 60}, 0),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_rerun_after_a_change_answers_every_row_with_its_own_reply_and_pays_only_for_what_changed(
+    prefect_api: str, quick: Any, out_uri: str, tmp_path: Path, change: str
+) -> None:
+    edit, params, new_requests = CHANGES[change]
+    path = tmp_path / "topics.csv"
+    first = topics(ROWS)
+    first.write_csv(path)
+    summary, output, paid = run(quick, path, out_uri)
+    assert_answers_own_rows(output, first)
+    assert paid == ROWS and summary["cached"] == 0
+
+    current = edit(first)
+    current.write_csv(path)  # the same file, changed in place; the same parameters but `params`
+    summary, output, paid = run(quick, path, out_uri, **params)
+    assert_answers_own_rows(output, current)
+    assert paid == new_requests, f"paid for {paid} request(s), {new_requests} changed"
+    assert summary["cached"] == current.height - new_requests and summary["total_rows"] == current.height
+    if summary["cached"]:
+        assert summary["cache_saved_usd"] > 0
+
+
+def test_reuse_answers_off_sends_everything_again(prefect_api: str, quick: Any, out_uri: str, tmp_path: Path) -> None:
+    path = tmp_path / "topics.csv"
+    rows = topics(120)
+    rows.write_csv(path)
+    run(quick, path, out_uri)
+    summary, output, paid = run(quick, path, out_uri, reuse_answers=False)
+    assert paid == 120 and summary["cached"] == 0
+    assert_answers_own_rows(output, rows)
+
+
+def test_two_datasets_sharing_prompts_share_answers(prefect_api: str, quick: Any, out_uri: str, tmp_path: Path) -> None:
+    shared = topics(150)
+    shared.write_csv(tmp_path / "a.csv")
+    run(quick, tmp_path / "a.csv", out_uri)
+    other = pl.concat([shared.sample(fraction=1.0, shuffle=True, seed=1), topics(5, "b")])
+    other.write_csv(tmp_path / "b.csv")
+    summary, output, paid = run(quick, tmp_path / "b.csv", out_uri, job_name_prefix="other")
+    assert paid == 5 and summary["cached"] == 150
+    assert_answers_own_rows(output, other)
+
+
+def test_a_run_killed_mid_poll_then_rerun_with_an_edited_input_pays_only_for_the_edit(
+    prefect_api: str, emulator: Any, local_aws: Any, out_uri: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "topics.csv"
+    first = topics(ROWS)
+    first.write_csv(path)
+    args = ["--input-path", str(path), "--prompt-id", "joke_about_topic", "--model-id", CLAUDE,
+            "--job-name-prefix", "killed", "--output-uri", out_uri, "--role-arn", ROLE, "--max-records-per-job",
+            "100", "--min-records-per-job", "50", "--max-concurrent-jobs", "3", "--poll-interval-s", "0.5"]
+    before = emulator.profile
+    emulator.set_profile({"time_scale": 4e-3, "min_records": 50})  # jobs of ~4 s: killed while polled
+    start = len(emulator.calls())
+    child = subprocess.Popen([sys.executable, "-m", "flows.batch_inference", *args], cwd=REPO,
+                             env=cli_env(emulator, prefect_api), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(created_jobs(emulator.calls()[start:])) == 3, 120, "all three jobs submitted")
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+        emulator.set_profile({"time_scale": 1e-4, "min_records": 50})
+    killed_calls = emulator.calls()[start:]
+
+    current = edit_one(first)
+    current.write_csv(path)
+    try:
+        summary, output, paid = run(emulator, path, out_uri, job_name_prefix="killed", max_concurrent_jobs=3)
+    finally:
+        emulator.set_profile(before)
+    assert_answers_own_rows(output, current)
+    assert paid_requests(killed_calls) == ROWS  # the killed run's three jobs (counted once they validated)
+    # The killed run's jobs were adopted (waited for, their answers cached); only the edited row was sent.
+    assert paid == 1 and summary["jobs_attached"] == 3 and summary["jobs_submitted"] == 0
+    assert not [c for c in emulator.calls()[start:] if c["operation"] == CREATE and c["status_code"] == 200][3:]
