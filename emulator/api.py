@@ -86,6 +86,7 @@ class BedrockApi:
     def __init__(self, engine: JobEngine) -> None:
         self.engine = engine
         self.calls = CallLog()
+        catalog()  # load and check models.json now: a bad line fails at start, not in a client
         self._rng_lock = threading.Lock()
         self._rngs: dict[str, random.Random] = {}
 

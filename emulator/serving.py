@@ -5,50 +5,99 @@ Hypercorn tells the protocols apart by itself: an HTTP/1.1 request, an HTTP/1.1 
 `Upgrade: h2c` (switched to HTTP/2 when it has no body), or the HTTP/2 connection preface sent at once
 ("prior knowledge", as the AWS SDK for JavaScript v3 does against an `http://` endpoint).
 
-The WSGI app runs on a thread pool, as it did under werkzeug's threaded server: a request body is read
-in full first, then the app is called with it.
+The WSGI app runs on a thread pool, as it did under werkzeug's threaded server, and reads a request body as
+it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
-from hypercorn.app_wrappers import WSGIWrapper
+from hypercorn.app_wrappers import InvalidPathError, WSGIWrapper, _build_environ
+from hypercorn.asyncio import tcp_server
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
 
 WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 
-# S3 single-part uploads go up to 5 GB; Hypercorn's 16 MiB default would turn larger bodies into 400s.
+# Bodies are streamed to the app (`_Input`), so Hypercorn's limit on buffered WSGI bodies (16 MiB by
+# default) does not apply; S3's own single-part limit is 5 GB.
 MAX_BODY_BYTES = 5 * 1024**3
 APP_THREADS = 64
+# Hypercorn reads a socket 64 KiB at a time, and each piece of a body then travels through h11, a queue
+# and a thread hop: larger reads (up to what asyncio has buffered) make S3 uploads cheaper. It is a module
+# constant of Hypercorn, read on each call; this process's only Hypercorn server is the emulator's.
+READ_BYTES = 2**20
+tcp_server.MAX_RECV = max(tcp_server.MAX_RECV, READ_BYTES)
 BACKLOG = 1024
 
 
-def _content_length(app: WsgiApp) -> WsgiApp:
-    """The body is fully buffered before the app runs; say how long it is when the client did not
-    (HTTP/2 requests and chunked HTTP/1.1 uploads may carry no content-length), so that werkzeug and moto
-    read it."""
+class _Input(io.RawIOBase):
+    """`wsgi.input` for a body still arriving: each read takes the next chunk from the event loop, so the
+    app reads the body as it comes (as under werkzeug's server) instead of after a full extra copy."""
 
-    def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if not environ.get("CONTENT_LENGTH"):
-            size = environ["wsgi.input"].getbuffer().nbytes
-            if size:
-                environ["CONTENT_LENGTH"] = str(size)
-        return app(environ, start_response)
+    def __init__(self, first: bytes, pull: Callable[[], dict[str, Any]]) -> None:
+        self._chunk = memoryview(first)
+        self._pull = pull
+        self.ended = False
 
-    return wrapped
+    def readable(self) -> bool:
+        return True
+
+    def next_message(self) -> dict[str, Any]:
+        message = self._pull()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            self.ended = True
+        return message
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._chunk and not self.ended:
+            self._chunk = memoryview(self.next_message().get("body", b""))
+        n = min(len(buffer), len(self._chunk))
+        buffer[:n] = self._chunk[:n]
+        self._chunk = self._chunk[n:]
+        return n
 
 
 class _Wsgi(WSGIWrapper):
-    """Hypercorn's WSGI adapter, except that a response with an empty body (a HEAD, a 204, moto's empty
-    200s) still sends its status and headers: Hypercorn's own sends them with the first body chunk only."""
+    """Hypercorn's WSGI adapter, except that
+    - a body that does not come in one piece is streamed to the app (Hypercorn's reads it all first, then
+      copies it, holding a large S3 upload twice); a body in one piece is given with its length, which HTTP/2
+      clients need not send;
+    - a response with an empty body (a HEAD, a 204, moto's empty 200s) still sends its status and headers:
+      Hypercorn's own sends them with the first body chunk only."""
+
+    async def handle_http(
+        self, scope: Any, receive: Any, send: Any, sync_spawn: Callable, call_soon: Callable
+    ) -> None:
+        first = await receive()
+        body = first.get("body", b"")
+        try:
+            environ = _build_environ(scope, body)
+        except InvalidPathError:
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        stream = None
+        if first.get("more_body"):
+            stream = _Input(body, partial(call_soon, receive))
+            environ["wsgi.input"] = stream
+            environ["wsgi.input_terminated"] = True  # read to the end, whatever CONTENT_LENGTH says
+        elif body and not environ.get("CONTENT_LENGTH"):
+            environ["CONTENT_LENGTH"] = str(len(body))
+        await sync_spawn(self.run_app, environ, partial(call_soon, send))
+        while stream is not None and not stream.ended:  # a body the app left unread
+            message = await receive()
+            stream.ended = message["type"] != "http.request" or not message.get("more_body")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def run_app(self, environ: dict[str, Any], send: Callable[[dict[str, Any]], Any]) -> None:
         started: list[tuple[int, list[tuple[bytes, bytes]]]] = []
@@ -118,7 +167,7 @@ class HttpServer:
         errors.setLevel(logging.WARNING)  # app errors still show; Hypercorn's "Running on" banner does not
         config.errorlog = errors
         self._config = config
-        self._app = _Wsgi(_content_length(app), MAX_BODY_BYTES)
+        self._app = _Wsgi(app, MAX_BODY_BYTES)
         self._loop = asyncio.new_event_loop()
         self._executor = ThreadPoolExecutor(APP_THREADS, thread_name_prefix=f"{name}-app")
         self._loop.set_default_executor(self._executor)

@@ -3,10 +3,11 @@ uses against an http:// endpoint, the `Upgrade: h2c` handshake, and plain HTTP/1
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit
 
 import h2.config
@@ -55,15 +56,17 @@ def test_prior_knowledge_h2c_serves_bedrock(emulator):
 
 
 def test_concurrent_streams_on_one_h2_connection(emulator):
-    with _h2(emulator) as client:
-        client.get("/_emulator/stats")  # open the connection
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=emulator.url, http1=False, http2=True, timeout=10) as client:
+            await client.get("/_emulator/stats")  # one connection, then 32 streams on it at once
 
-        def converse(i: int) -> httpx.Response:
-            body = {"messages": [{"role": "user", "content": [{"text": f"stream {i}"}]}]}
-            return client.post("/model/us.amazon.nova-lite-v1:0/converse", json=body)
+            def converse(i: int) -> Any:
+                body = {"messages": [{"role": "user", "content": [{"text": f"stream {i}"}]}]}
+                return client.post("/model/us.amazon.nova-lite-v1:0/converse", json=body)
 
-        with ThreadPoolExecutor(8) as pool:
-            replies = list(pool.map(converse, range(32)))
+            return await asyncio.gather(*(converse(i) for i in range(32)))
+
+    replies = asyncio.run(run())
     assert {r.http_version for r in replies} == {"HTTP/2"}
     assert [r.json()["output"]["message"]["content"][0]["text"] for r in replies] == [
         f"Emulated reply to: stream {i}" for i in range(32)
@@ -120,8 +123,29 @@ def test_http1_still_answers_on_the_same_port(emulator):
 
 
 def test_large_s3_bodies_pass_through(s3, bucket):
-    """Bodies are read in full before the app runs: one past Hypercorn's 16 MiB default still goes through."""
+    """A body past Hypercorn's 16 MiB limit on buffered WSGI bodies goes through: bodies are streamed."""
     payload = uuid.uuid4().bytes * (17 * 2**20 // 16)
     s3.put_object(Bucket=bucket, Key="big.bin", Body=payload)
     assert s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == payload
     assert s3.head_object(Bucket=bucket, Key="big.bin")["ContentLength"] == len(payload)
+
+
+def test_bodies_without_a_length_stream_through(emulator, s3, bucket):
+    """An HTTP/2 upload sent as DATA frames without content-length, and a chunked HTTP/1.1 upload."""
+    payload = uuid.uuid4().bytes * (3 * 2**20 // 16)
+
+    def pieces():
+        for i in range(0, len(payload), 100_000):
+            yield payload[i : i + 100_000]
+
+    with _h2(emulator) as client:
+        h2_put = client.put(f"/{bucket}/h2.bin", content=pieces())
+    with httpx.Client(base_url=emulator.url) as client:
+        chunked = client.put(f"/{bucket}/chunked.bin", content=pieces())
+    assert (h2_put.http_version, h2_put.status_code) == ("HTTP/2", 200)
+    assert "content-length" not in h2_put.request.headers
+    assert (chunked.http_version, chunked.status_code, chunked.request.headers["transfer-encoding"]) == (
+        "HTTP/1.1", 200, "chunked"
+    )  # fmt: skip
+    for key in ("h2.bin", "chunked.bin"):
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == payload
