@@ -46,6 +46,11 @@ def model_input_json_expr(line: pl.Expr) -> pl.Expr:
     return line.str.splitn(_MODEL_INPUT, 2).struct.field("field_1").str.strip_suffix("}")
 
 
+def model_input_json_of(line: str) -> str:
+    """`model_input_json_expr` for one line, in plain Python."""
+    return line.split(_MODEL_INPUT, 1)[1].removesuffix("}")
+
+
 def request_key_expr(model_input_json: pl.Expr, model_id: str, invocation_type: str) -> pl.Expr:
     """SHA-256 (hex, first 32 digits) of the request's scope and its `modelInput` JSON."""
     scoped = pl.concat_str([pl.lit(_scope(model_id, invocation_type)), model_input_json])

@@ -63,3 +63,117 @@ def test_ledger_round_trips_through_s3(aws, bucket) -> None:
     assert [(e.attempt, e.state, e.job_arn) for e in back.entries] == [(1, "submitted", "arn:x/1")]
     jobs.mark_terminal(s3, uri, "shard-0001", 1, "Failed", "no access")
     assert jobs.read_ledger(s3, uri, "shard-0001").latest.state == "terminal"
+
+
+class FakeBedrock:
+    """Bedrock's control plane as seen by `submit_once`: what it was asked and what it answers.
+
+    A stand-in for the remote service only (our code under test is real): the end-to-end tests use the
+    emulator over HTTP; here each exactly-once branch is driven on purpose.
+    """
+
+    def __init__(self, existing: dict[str, str] | None = None, conflict: bool = False) -> None:
+        self.existing = dict(existing or {})  # job name -> ARN Bedrock already has
+        self.conflict = conflict
+        self.created: list[str] = []
+
+    def get_paginator(self, name: str):
+        assert name == "list_model_invocation_jobs"
+        bedrock = self
+
+        class Pages:
+            def paginate(self, nameContains: str):
+                return [{"invocationJobSummaries": [{"jobName": n, "jobArn": a, "status": "InProgress"}
+                                                    for n, a in bedrock.existing.items() if nameContains in n]}]
+
+        return Pages()
+
+    def create_model_invocation_job(self, **request):
+        from botocore.exceptions import ClientError
+
+        if self.conflict:
+            self.existing[request["jobName"]] = "arn:aws:bedrock:us-east-1:1:model-invocation-job/conflict0001"
+            raise ClientError({"Error": {"Code": "ConflictException", "Message": "exists"}}, "Create")
+        self.created.append(request["jobName"])
+        arn = f"arn:aws:bedrock:us-east-1:1:model-invocation-job/new{len(self.created):09d}"
+        self.existing[request["jobName"]] = arn
+        return {"jobArn": arn}
+
+
+SPEC = jobs.JobSpec(model_id="m", role_arn="r", input_uri="s3://b/i.jsonl", output_uri="s3://b/o/")
+
+
+def _submit(s3, uri, bedrock, identity, content_hash="c" * 64):
+    return jobs.submit_once(bedrock, s3, spec=SPEC, identity=identity, ledger_uri=uri, shard="shard-0001",
+                            content_hash=content_hash)
+
+
+def test_a_ledger_left_submitting_without_an_arn_finds_the_job_by_name_instead_of_submitting(aws, bucket) -> None:
+    s3, uri = client("s3", aws), f"s3://{bucket}/run/ledger/shard-0001-cccc.json"
+    identity = jobs.job_identity("p", "run1", "shard-0001", "c" * 64, 1)
+    ledger = jobs.Ledger(shard="shard-0001", content_hash="c" * 64)
+    ledger.record(jobs.LedgerEntry(attempt=1, job_name=identity.job_name,
+                                   client_request_token=identity.client_request_token, state="submitting"))
+    jobs.write_ledger(s3, uri, ledger)
+    bedrock = FakeBedrock(existing={identity.job_name: "arn:aws:bedrock:us-east-1:1:model-invocation-job/x1"})
+    assert _submit(s3, uri, bedrock, identity) == ("arn:aws:bedrock:us-east-1:1:model-invocation-job/x1", True)
+    assert bedrock.created == []
+    assert jobs.read_ledger(s3, uri, "shard-0001").latest.job_arn.endswith("/x1")
+
+
+def test_a_conflict_on_create_attaches_to_the_job_bedrock_already_has(aws, bucket) -> None:
+    s3, uri = client("s3", aws), f"s3://{bucket}/run/ledger/shard-0001-cccc.json"
+    identity = jobs.job_identity("p", "run1", "shard-0001", "c" * 64, 1)
+    arn, attached = _submit(s3, uri, FakeBedrock(conflict=True), identity)
+    assert arn.endswith("/conflict0001") and attached is False
+    assert jobs.read_ledger(s3, uri, "shard-0001").latest.state == "submitted"
+
+
+def test_an_entry_for_another_job_is_never_attached_to(aws, bucket) -> None:
+    s3, uri = client("s3", aws), f"s3://{bucket}/run/ledger/shard-0001-cccc.json"
+    old = jobs.job_identity("p", "run-old", "shard-0001", "c" * 64, 1)
+    ledger = jobs.Ledger(shard="shard-0001")
+    ledger.record(jobs.LedgerEntry(attempt=1, job_name=old.job_name, client_request_token="t",
+                                   state="submitted", job_arn="arn:aws:bedrock:us-east-1:1:model-invocation-job/old"))
+    jobs.write_ledger(s3, uri, ledger)
+    new = jobs.job_identity("p", "run-new", "shard-0001", "c" * 64, 1)
+    bedrock = FakeBedrock()
+    arn, attached = _submit(s3, uri, bedrock, new)
+    assert not attached and bedrock.created == [new.job_name] and not arn.endswith("/old")
+
+
+def test_a_ledger_of_other_content_refuses_to_attach(aws, bucket) -> None:
+    s3, uri = client("s3", aws), f"s3://{bucket}/run/ledger/shard-0001-cccc.json"
+    jobs.write_ledger(s3, uri, jobs.Ledger(shard="shard-0001", content_hash="d" * 64))
+    identity = jobs.job_identity("p", "run1", "shard-0001", "c" * 64, 1)
+    with pytest.raises(jobs.JobSubmissionError, match="refusing to attach"):
+        _submit(s3, uri, FakeBedrock(), identity)
+
+
+def test_an_unreachable_endpoint_is_transient_a_refusal_is_not() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    assert jobs.is_transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert jobs.is_transient(ReadTimeoutError(endpoint_url="http://127.0.0.1:1"))
+    assert jobs.is_transient(ClientError({"Error": {"Code": "ThrottlingException"}}, "Get"))
+    assert not jobs.is_transient(ClientError({"Error": {"Code": "ValidationException"}}, "Get"))
+    assert not jobs.is_transient(jobs.JobSubmissionError("no"))
+
+
+def test_polling_rides_out_an_outage_and_returns_the_terminal_state() -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    answers = [{"status": "InProgress"}, EndpointConnectionError(endpoint_url="x"),
+               EndpointConnectionError(endpoint_url="x"), {"status": "Completed"}]
+    seen: list[str] = []
+
+    class Flaky:
+        def get_model_invocation_job(self, jobIdentifier: str):
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return dict(answer)
+
+    job = jobs.wait_until_terminal(Flaky(), "arn", max_interval=0.01, min_interval=0.01, step=0.005,
+                                   on_transient=seen.append)
+    assert job["status"] == "Completed" and len(seen) == 2 and not answers

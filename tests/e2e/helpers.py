@@ -129,3 +129,73 @@ def flow_run_logs(flow_run_id: Any) -> list[str]:
                                     limit=200, offset=len(out))
             out += [log.message for log in logs]
     return out
+
+
+class TcpProxy:
+    """A loopback TCP forwarder in front of an endpoint, which can be taken down on purpose: while down,
+    connections are refused and open ones are cut, as a client sees an outage of the endpoint."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(target)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._listener: Any = None
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        import socket
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._open = list(self._open), set()
+        if listener is not None:
+            listener.close()
+        for conn in conns:
+            conn.close()
+
+    def _accept(self, listener: Any) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed: down()
+            upstream = socket.create_connection(self._target)
+            with self._lock:
+                self._open.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass

@@ -7,8 +7,9 @@ Every case checks the same four promises, whatever went wrong:
 - no slot of the model's concurrency limit is left taken.
 
 The emulator runs at a tiny time scale (a 100-record job takes ~0.1 s), so waits are on conditions and
-the flow's poll interval is a fraction of a second. The soak (200 shards) is `slow`: on 2 cores each
-shard costs ~0.5 s of CPU in Prefect's task machinery and its API server, whatever the emulator's speed.
+the flow's poll interval is a fraction of a second. The soak (60 shards, every fault at once) is `slow`:
+on 2 cores each shard costs ~0.5 s of CPU in Prefect's task machinery and its API server, whatever the
+emulator's speed.
 """
 
 from __future__ import annotations
@@ -337,14 +338,16 @@ def broken_outputs(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> Callable[[
         s3 = emulator.client("s3")
         bucket, prefix = split_uri(output_uri)
         base = f"{prefix.rstrip('/')}/{job_id}"
-        if "/jobs/shard-0001/" in output_uri:
-            key = f"{base}/shard-0001.jsonl.out"
+        # Shard files are named by content: jobs/shard-0001-<hash>/<jobId>/shard-0001-<hash>.jsonl.out
+        shard = output_uri.rstrip("/").rsplit("/", 1)[-1]
+        if shard.startswith("shard-0001-"):
+            key = f"{base}/{shard}.jsonl.out"
             lines = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
             lines[:3] = [line[: len(line) // 2] for line in lines[:3]]
             s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
-        elif "/jobs/shard-0002/" in output_uri:
-            s3.delete_object(Bucket=bucket, Key=f"{base}/shard-0002.jsonl.out")
-        elif "/jobs/shard-0003/" in output_uri:
+        elif shard.startswith("shard-0002-"):
+            s3.delete_object(Bucket=bucket, Key=f"{base}/{shard}.jsonl.out")
+        elif shard.startswith("shard-0003-"):
             s3.delete_object(Bucket=bucket, Key=f"{base}/manifest.json.out")
         return manifest
 
@@ -374,7 +377,7 @@ def test_malformed_lines_a_missing_output_file_and_a_missing_manifest_are_report
     assert run.summary["errors_by_code"] == {"malformed_output": 3, "missing": 100}
     text = run.log_text()
     assert "shard-0001: 3 malformed output line(s)" in text
-    assert "shard-0002: missing output file shard-0002.jsonl.out" in text
+    assert "shard-0002: missing output file shard-0002-" in text
     assert "shard-0003: missing manifest.json.out" in text
     problems = {j["shard"]: j["problems"] for j in results_manifest(run)["jobs"]}
     assert problems["shard-0004"] == [] and all(problems[s] for s in ("shard-0001", "shard-0002", "shard-0003"))
@@ -630,15 +633,17 @@ def _deployment_exists(client: Any, name: str) -> bool:
 # ------------------------------------------------------------------------------------------------ 12. soak
 
 
-@pytest.mark.slow  # ~6 min on 2 cores: 450+ Prefect task runs, CPU-bound (see the module docstring)
-@pytest.mark.timeout(900)
-def test_soak_200_shards_with_every_fault_at_10_percent_completes_like_the_fault_free_run(
+@pytest.mark.slow  # ~1.5 min on 2 cores: ~150 Prefect task runs, CPU-bound (see the module docstring)
+@pytest.mark.timeout(600)
+def test_soak_60_shards_with_every_fault_at_10_percent_completes_like_the_fault_free_run(
     prefect_api: str, emulator: Any, faults: Callable[..., None], local_aws: Any, tmp_path: Path,
 ) -> None:
     from tasks.aws import client
 
+    # 60 shards in three waves of 20 (plus resubmissions and repair jobs): at a rate of 10% per fault, the
+    # chance that one of the job fates never shows among ~75 jobs is well under 1%, whatever the run key.
     # A fixed bucket and an S3 source give a fixed run key, hence the same seeded fates on every run.
-    rows, bucket = 20_000, "faults-soak"
+    rows, bucket = 6_000, "faults-soak"
     client("s3", local_aws).create_bucket(Bucket=bucket)
     ids = write_topics(tmp_path / "topics.csv", rows)
     client("s3", local_aws).upload_file(str(tmp_path / "topics.csv"), bucket, "input/topics.csv")
@@ -651,10 +656,10 @@ def test_soak_200_shards_with_every_fault_at_10_percent_completes_like_the_fault
 
     faults(time_scale=1e-5, seed=6, throttle_rate=0.1, s3_error_rate=0.1, job_failure_rate=0.1, expire_rate=0.1,
            partial_rate=0.1, record_error_rate=0.1, retryable_error_share=0.5,
-           # An older account's quota of 10 under a limit of 20, others holding 8 of it for ~20 s: the
-           # first wave's Creates are refused with ServiceQuotaExceededException (whatever the timing:
-           # only 2 fit) and the flow backs off, then has the whole quota.
-           quota=10, foreign_jobs={CLAUDE: 8}, foreign_job_duration_s=2_000_000)
+           # An older account's quota of 10 under a limit of 20, others holding 8 of it for ~5 s from the
+           # first Create: the first wave's Creates are refused with ServiceQuotaExceededException (whatever
+           # the timing: only 2 fit) and the flow backs off, then has the whole quota.
+           quota=10, foreign_jobs={CLAUDE: 8}, foreign_job_duration_s=500_000)
     run = run_flow(emulator, params)
     injected = emulator.stats()["s3_errors"]
     faults(time_scale=1e-5)
@@ -664,7 +669,7 @@ def test_soak_200_shards_with_every_fault_at_10_percent_completes_like_the_fault
     assert reference.state.is_completed(), reference.state.message
     output = assert_promises(run, ids)
     expected = assert_promises(reference, ids)
-    assert run.summary["shards"] == 200 and reference.summary["ok"] == rows
+    assert run.summary["shards"] == rows // 100 and reference.summary["ok"] == rows
     # Every fault did happen to this run.
     fates = {j.status for j in emulator.engine.jobs() if key8 in j.name and j.name.startswith("soak-")}
     assert {"Completed", "Failed", "Expired", "PartiallyCompleted"} <= fates, fates

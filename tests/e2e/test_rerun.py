@@ -173,3 +173,45 @@ def test_a_run_killed_mid_poll_then_rerun_with_an_edited_input_pays_only_for_the
     # The killed run's jobs were adopted (waited for, their answers cached); only the edited row was sent.
     assert paid == 1 and summary["jobs_attached"] == 3 and summary["jobs_submitted"] == 0
     assert not [c for c in emulator.calls()[start:] if c["operation"] == CREATE and c["status_code"] == 200][3:]
+
+
+@pytest.mark.slow
+def test_a_45_s_endpoint_outage_mid_poll_leaves_every_row_answered(
+    prefect_api: str, emulator: Any, local_aws: Any, out_uri: str, tmp_path: Path
+) -> None:
+    """The endpoint (Bedrock and S3) unreachable for 45 s while jobs are polled: botocore's connection
+    errors are transient, so polling goes on and no Completed job is marked failed."""
+    import threading
+
+    from tests.e2e.helpers import TcpProxy
+
+    path = tmp_path / "topics.csv"
+    rows = topics(200)
+    rows.write_csv(path)
+    proxy = TcpProxy(emulator.url)
+    args = ["--input-path", str(path), "--prompt-id", "joke_about_topic", "--model-id", CLAUDE,
+            "--job-name-prefix", "outage", "--output-uri", out_uri, "--role-arn", ROLE, "--max-records-per-job",
+            "100", "--min-records-per-job", "50", "--poll-interval-s", "1", "--output-dir", str(tmp_path / "o")]
+    before = emulator.profile
+    emulator.set_profile({"time_scale": 3e-3, "min_records": 50})
+    start = len(emulator.calls())
+    child = subprocess.Popen([sys.executable, "-m", "flows.batch_inference", *args], cwd=REPO, text=True,
+                             env=cli_env(emulator, prefect_api, AWS_ENDPOINT_URL=proxy.url),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(created_jobs(emulator.calls()[start:])) == 2, 120, "both jobs submitted")
+        proxy.down()
+        outage = threading.Event()
+        outage.wait(45)  # the outage's length, not a synchronisation
+        gets_during = [c for c in emulator.calls()[start:] if c["operation"] == "GetModelInvocationJob"]
+        proxy.up()
+        output_text, _ = child.communicate(timeout=300)
+    finally:
+        child.kill()
+        proxy.down()
+        emulator.set_profile(before)
+    assert child.returncode == 0, output_text[-3000:]
+    assert gets_during  # the jobs were being polled when the endpoint went away
+    assert len(created_jobs(emulator.calls()[start:])) == 2  # nothing resubmitted: no job was marked failed
+    results = output_text.strip().splitlines()[-1].removeprefix("results: ")
+    assert_answers_own_rows(pl.read_parquet(results), rows)
