@@ -138,6 +138,19 @@ def bench_prepare(server: Endpoint, rows: int, tag: str) -> dict[str, Any]:
     return result
 
 
+def bench_cache(server: Endpoint, rows: int, cold: dict[str, Any], tag: str) -> dict[str, Any]:
+    """Prepare again with every request in the answer cache (keys loaded, looked up in the staging pass,
+    nothing planned or uploaded but the cached rows), beside the cold prepare of the same run."""
+    data = datagen.ensure("simplecot", rows)
+    cache_uri = f"s3://{BUCKET}/{tag}/answer-cache"
+    filled = run_stage("fill_cache", {"snapshots": [s["snapshot_uri"] for s in cold["shards"]],
+                                      "cache_uri": cache_uri}, server.env())
+    warm = run_stage("prepare", {"model": "claude", "data": str(data), "run_uri": f"s3://{BUCKET}/{tag}/warm-{rows}",
+                                 "cache_uri": cache_uri}, server.env())
+    return {"answers": filled["answers"], **{k: warm[k] for k in ("seconds", "rows", "cached_rows",
+                                                                  "load_cache_keys_s", "peak_rss_mb", "log")}}
+
+
 def bench_collect(
     server: Endpoint, prepared: dict[str, Any], model: str, shards: int, tag: str,
     emulated: dict[str, Any] | None = None,
@@ -193,6 +206,15 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
             prepare_peak_rss_mb=p["peak_rss_mb"],
             prepare_jsonl_mb=p["jsonl_bytes"] / 1e6,
             prepare_plan=p["plan"],
+        )
+    w = res.get("cache")
+    if w and p:
+        out.update(
+            prepare_warm_cache_seconds=w["seconds"],
+            prepare_warm_cache_vs_cold=w["seconds"] / p["seconds"],
+            prepare_warm_cache_rows_cached=w["cached_rows"],
+            prepare_warm_cache_load_keys_s=w["load_cache_keys_s"],
+            prepare_warm_cache_peak_rss_mb=w["peak_rss_mb"],
         )
     for key, name in (("collect", "collect"), ("titan", "titan_collect")):
         c = res.get(key)
@@ -282,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: 20, fewer for small runs so that there are at least three waves")
     parser.add_argument("--poll-interval-s", type=float, default=2.0)
     parser.add_argument("--flow-target-s", type=float, default=240.0, help="real seconds of the flow's job phase")
-    parser.add_argument("--stages", default="prepare,emulate,collect,titan,makespan")
+    parser.add_argument("--stages", default="prepare,cache,emulate,collect,titan,makespan")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     stages = set(args.stages.split(","))
@@ -292,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         with endpoint(FAST_JOBS) as server:
             if stages & {"prepare", "emulate", "collect"}:
                 res["prepare"] = bench_prepare(server, args.rows, tag)
+            if "cache" in stages:
+                res["cache"] = bench_cache(server, args.rows, res["prepare"], tag)
             if "emulate" in stages:
                 res["emulate"] = bench_emulate(server, res["prepare"], "claude")
             if "collect" in stages:

@@ -84,7 +84,8 @@ class RunConfig:
             raise ValueError("timeout_hours must be between 24 and 168 (Bedrock's bounds)")
         if self.max_records_per_job < self.min_records_per_job:
             raise ValueError(f"max_records_per_job {self.max_records_per_job:,} is below min_records_per_job "
-                             f"{self.min_records_per_job:,}")
+                             f"{self.min_records_per_job:,} (Bedrock's minimum is 100 records per job): raise "
+                             f"max_records_per_job")
         for name in ("output_uri", "job_name_prefix"):
             value = getattr(self, name) or ""
             if ".." in value.replace("\\", "/").split("/") or (name == "job_name_prefix" and ".." in value):

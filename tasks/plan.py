@@ -135,14 +135,16 @@ def plan_shards(
     lo = quotas.min_records
     hi = quotas.max_records if max_records_per_job is None else min(quotas.max_records, max_records_per_job)
     if hi < lo:
-        raise PlanError(f"max records per job ({hi}) is below Bedrock's minimum of {lo} records per job")
+        raise PlanError(f"max_records_per_job {hi:,} is below min_records_per_job {lo:,} (Bedrock's minimum is "
+                        f"100 records per job): raise max_records_per_job")
     if max_num_jobs is not None and max_num_jobs < 1:
         raise PlanError(f"max_num_jobs must be at least 1, not {max_num_jobs}")
     max_bytes = quotas.max_shard_bytes
     if n_all and sizes.max() > max_bytes:
         row = int(np.argmax(sizes > max_bytes))
         raise PlanError(
-            f"record at position {row} is {int(sizes[row])} bytes, above the {max_bytes}-byte file limit"
+            f"record at position {row} is {int(sizes[row]):,} bytes, above Bedrock's {max_bytes:,}-byte input "
+            f"file limit: shorten it, or lower max_record_bytes to refuse such records by name"
         )
     cum = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
 
@@ -216,6 +218,6 @@ def _greedy_with_tail(cum: np.ndarray, n: int, lo: int, hi: int, max_bytes: int)
     if not _stops_ok(result, cum, lo, hi, max_bytes):
         raise PlanError(
             f"cannot split {n} records into shards of {lo}-{hi} records and at most {max_bytes} bytes; "
-            f"raise max_file_bytes / max_records, or send the input on demand"
+            f"raise max_records_per_job or lower min_records_per_job"
         )
     return result

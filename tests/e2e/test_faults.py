@@ -127,7 +127,11 @@ def run_flow(emulator: Any, params: dict[str, Any]) -> Run:
 
     before = len(emulator.calls())
     state = batch_inference(**params, return_state=True)
-    return Run(state=state, cfg=config_from_params(params), calls=emulator.calls()[before:])
+    try:
+        cfg = config_from_params(params)
+    except ValueError:  # parameters the flow refuses: the run failed before it had a configuration
+        cfg = None
+    return Run(state=state, cfg=cfg, calls=emulator.calls()[before:])
 
 
 def assert_promises(run: Run, ids: list[str]) -> pl.DataFrame:
@@ -422,6 +426,12 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], dict[str, Any], list[str]]] 
     "non-UTF-8 CSV": (_latin1_csv, {}, ["not valid UTF-8", "iconv"]),
     "unsupported model id": (lambda p: _csv(p, _topics_frame(150)), {"model_id": "acme.gpt-9000-v1:0"},
                              ["acme.gpt-9000-v1:0", "Converse"]),
+    "output_uri with ..": (lambda p: _csv(p, _topics_frame(150)), {"output_uri": "s3://bucket-x/a/../../b"},
+                           ["output_uri", "'..'"]),
+    "job_name_prefix with ..": (lambda p: _csv(p, _topics_frame(150)), {"job_name_prefix": "../escape"},
+                                ["job_name_prefix", "'..'"]),
+    "max_records_per_job under the job minimum": (lambda p: _csv(p, _topics_frame(150)), {"max_records_per_job": 50},
+                                                  ["max_records_per_job 50", "min_records_per_job 100"]),
     "output_uri that cannot be written": (lambda p: _csv(p, _topics_frame(150)),
                                           {"output_uri": "s3://no-such-bucket-for-faults/out"},
                                           ["no-such-bucket-for-faults", "cannot be written", "NoSuchBucket"]),
