@@ -39,6 +39,16 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first: `slow` tests, then `e2e`, then the rest (collection order within each).
+
+    `./dev test` runs `-n auto --dist loadgroup`: each worker takes the next test in this order, so the long
+    tests start at once on different workers and the short ones fill in at the end. Each worker is its own
+    session (its own moto, emulator, Prefect harness and PREFECT_HOME, on ephemeral ports)."""
+    rank = {"slow": 0, "e2e": 1}
+    items.sort(key=lambda item: min((rank[m.name] for m in item.iter_markers() if m.name in rank), default=2))
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A plain moto server: the AWS services without Bedrock."""

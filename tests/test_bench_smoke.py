@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 KEYS = {
     "prepare_rows_per_s", "prepare_vs_floor", "collect_rows_per_s", "collect_vs_floor", "titan_collect_vs_floor",
@@ -14,6 +16,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow  # ~1.5 min: a flow run on the emulator behind the figures
 def test_bench_run_smoke() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--rows", "2000", "--flow-target-s", "10", "--json"],

@@ -235,6 +235,7 @@ def read_run(api_url: str, flow_run_id: str) -> tuple[Any, list[Any], Any]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # ~1 min: a real server, `prefect deploy`, a worker and its flow-run process
 @pytest.mark.timeout(420)
 def test_local_deployment_runs_on_a_process_worker(tmp_path: Path) -> None:
     import polars as pl
