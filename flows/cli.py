@@ -117,6 +117,10 @@ def copy_results(results_uri: str, destination: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not os.environ.get("PREFECT_API_URL"):  # Prefect will start an API server as our child: not an orphan
+        from flows._watchdog import guard_children
+
+        guard_children()
     params = parameters(args)
     server = None
     if args.local:

@@ -215,3 +215,46 @@ def test_a_45_s_endpoint_outage_mid_poll_leaves_every_row_answered(
     assert len(created_jobs(emulator.calls()[start:])) == 2  # nothing resubmitted: no job was marked failed
     results = output_text.strip().splitlines()[-1].removeprefix("results: ")
     assert_answers_own_rows(pl.read_parquet(results), rows)
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> command line of every process descending from `root` (Linux /proc)."""
+    parent_of: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent_of[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = {}, [root]
+    while todo:
+        current = todo.pop()
+        for pid, ppid in parent_of.items():
+            if ppid == current:
+                try:
+                    found[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                todo.append(pid)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_prefect_server_a_killed_plain_python_run_started_does_not_outlive_it(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "AWS_ENDPOINT_URL")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true")
+    child = subprocess.Popen([sys.executable, "-m", "flows.batch_inference", "--local", "--output-dir",
+                              str(tmp_path / "out"), "--poll-interval-s", "1"], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        servers = wait_for(lambda: {p: c for p, c in _descendants(child.pid).items() if "uvicorn" in c}, 120,
+                           "the run's Prefect API server")
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    alive = lambda: [p for p in servers if Path(f"/proc/{p}").exists()  # noqa: E731
+                     and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
+    wait_for(lambda: not alive(), 30, f"the orphaned server {servers} to end")
