@@ -32,9 +32,9 @@ WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 # default) does not apply; S3's own single-part limit is 5 GB.
 MAX_BODY_BYTES = 5 * 1024**3
 APP_THREADS = 64
-# Hypercorn reads a socket 64 KiB at a time, and each piece of a body then travels through h11, a queue
-# and a thread hop: larger reads (up to what asyncio has buffered) make S3 uploads cheaper. It is a module
-# constant of Hypercorn, read on each call; this process's only Hypercorn server is the emulator's.
+# Hypercorn takes 64 KiB at a time from a connection's buffer, and each piece of a body then travels
+# through h11, a queue and a thread hop: larger pieces make S3 uploads cheaper. It is a module constant of
+# Hypercorn, read on each call; this process's only Hypercorn server is the emulator's.
 READ_BYTES = 2**20
 tcp_server.MAX_RECV = max(tcp_server.MAX_RECV, READ_BYTES)
 BACKLOG = 1024
@@ -58,13 +58,32 @@ class _Input(io.RawIOBase):
             self.ended = True
         return message
 
-    def readinto(self, buffer: Any) -> int:
+    def _fill(self) -> None:
         while not self._chunk and not self.ended:
             self._chunk = memoryview(self.next_message().get("body", b""))
+
+    def readinto(self, buffer: Any) -> int:
+        self._fill()
         n = min(len(buffer), len(self._chunk))
         buffer[:n] = self._chunk[:n]
         self._chunk = self._chunk[n:]
         return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        self._fill()
+        out = self._chunk[:size].tobytes()
+        self._chunk = self._chunk[len(out) :]
+        return out
+
+    def readall(self) -> bytes:
+        # RawIOBase's own reads 8 KiB at a time into a growing buffer: slow for an S3 upload
+        pieces = [self._chunk.tobytes()]
+        while not self.ended:
+            pieces.append(self.next_message().get("body", b""))
+        self._chunk = memoryview(b"")
+        return b"".join(pieces)
 
 
 class _Wsgi(WSGIWrapper):
