@@ -191,7 +191,8 @@ def test_a_45_s_endpoint_outage_mid_poll_leaves_every_row_answered(
     proxy = TcpProxy(emulator.url)
     args = ["--input-path", str(path), "--prompt-id", "joke_about_topic", "--model-id", CLAUDE,
             "--job-name-prefix", "outage", "--output-uri", out_uri, "--role-arn", ROLE, "--max-records-per-job",
-            "100", "--min-records-per-job", "50", "--poll-interval-s", "1", "--output-dir", str(tmp_path / "o")]
+            "100", "--min-records-per-job", "50", "--max-concurrent-jobs", "2", "--poll-interval-s", "1",
+            "--output-dir", str(tmp_path / "o")]
     before = emulator.profile
     emulator.set_profile({"time_scale": 3e-3, "min_records": 50})
     start = len(emulator.calls())
