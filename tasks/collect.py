@@ -193,12 +193,24 @@ def echo_mismatches(data: bytes, keys: pl.DataFrame, scope: RequestScope, sample
     return _mismatches(lines, keys, scope) if wrong.len() else wrong
 
 
+def _decode_or_none(text: str, dtype: pl.DataType) -> dict[str, Any] | None:
+    """One echoed line decoded as `dtype`, or None (only on the rare fallback path: a sample's few lines)."""
+    try:
+        return pl.Series([text]).str.json_decode(dtype).to_list()[0]
+    except pl.exceptions.PolarsError:
+        return None
+
+
 def _mismatches(lines: pl.DataFrame, keys: pl.DataFrame, scope: RequestScope) -> pl.Series:
     line = pl.col("line")
     dtype = pl.Struct({"recordId": pl.String, "modelInput": scope.model_input})
-    decoded = lines.filter(line.str.json_path_match("$.recordId").is_not_null()).select(
-        line.str.json_decode(dtype).alias("d")
-    )
+    try:
+        decoded = lines.filter(line.str.json_path_match("$.recordId").is_not_null()).select(
+            line.str.json_decode(dtype).alias("d")
+        )
+    except pl.exceptions.PolarsError:  # an echo of another shape: decode line by line, skip what fails
+        decoded = lines.select(line.map_elements(lambda text: _decode_or_none(text, dtype), return_dtype=dtype)
+                               .alias("d")).drop_nulls()
     d = pl.col("d").struct.field
     echoed = decoded.select(
         d("recordId").alias(RECORD_ID),

@@ -73,12 +73,16 @@ def _retryable(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def shard_ledger_uri(run_uri: str, shard: PreparedShard) -> str:
+    """One ledger per shard content: `{run}/ledger/shard-0001-<hash>.json`."""
+    return join_s3(run_uri, "ledger", f"{shard.stem}.json")
+
+
 def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, progress: Any = None) -> JobResult:
     """Drive `shard`'s job to a terminal state while holding one slot of `limit`."""
     log = run_logger()
     bedrock, s3 = client("bedrock", cfg.aws), client("s3", cfg.aws)
-    ledger_uri = join_s3(run_uri, "ledger", f"{shard.stem}.json")
-    output_uri = join_s3(run_uri, "jobs", shard.stem) + "/"
+    ledger_uri, output_uri = shard_ledger_uri(run_uri, shard), join_s3(run_uri, "jobs", shard.stem) + "/"
     ctx = TaskRunContext.get()
     task_run_id = ctx.task_run.id if ctx else None
 
@@ -220,8 +224,7 @@ def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: s
             log.warning("%s: %s", shard.name, problem)
         # Every answer goes to the cache at once: a crash from here on never pays for it again.
         answers.store(cfg.cache_uri, jobs.job_id_from_arn(job.job_arn), result.answers, aws)
-        jobs.mark_harvested(client("s3", aws), join_s3(run_uri, "ledger", f"{shard.stem}.json"), shard.name,
-                            job.job_arn)
+        jobs.mark_harvested(client("s3", aws), shard_ledger_uri(run_uri, shard), shard.name, job.job_arn)
     else:
         code = "expired" if job.status == "Expired" else "job_failed"
         message = f"job {job.job_name} ended {job.status}: {job.message or 'no message'}"
