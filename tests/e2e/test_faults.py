@@ -666,10 +666,10 @@ def test_soak_60_shards_with_every_fault_at_10_percent_completes_like_the_fault_
 
     faults(time_scale=1e-5, seed=6, throttle_rate=0.1, s3_error_rate=0.1, job_failure_rate=0.1, expire_rate=0.1,
            partial_rate=0.1, record_error_rate=0.1, retryable_error_share=0.5,
-           # An older account's quota of 10 under a limit of 20, others holding 8 of it for ~5 s from the
-           # first Create: the first wave's Creates are refused with ServiceQuotaExceededException (whatever
-           # the timing: only 2 fit) and the flow backs off, then has the whole quota.
-           quota=10, foreign_jobs={CLAUDE: 8}, foreign_job_duration_s=500_000)
+           # An older account's quota of 10 under a limit of 20, others holding all of it for ~3 s from the
+           # first Create (their clock starts there): that Create is refused with ServiceQuotaExceededException
+           # whatever the timing, the flow backs off, then has the quota of 10 for its 20 slots.
+           quota=10, foreign_jobs={CLAUDE: 10}, foreign_job_duration_s=300_000)
     run = run_flow(emulator, params)
     injected = emulator.stats()["s3_errors"]
     faults(time_scale=1e-5)
