@@ -23,13 +23,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from tasks.model_ids import parse_model_id
+
 PRICES_PATH = Path(__file__).resolve().parent.parent / "deployments" / "prices.json"
 
 # Generations usually stop well before max_tokens; half the bound is a planning figure, not a fact.
 # Calibrate it from a finished run with `observed_output_ratio(manifests, records, max_tokens)`.
 DEFAULT_EXPECTED_OUTPUT_RATIO = 0.5
-# Inference-profile prefixes in front of `provider.model` ids (us.anthropic..., global.anthropic...).
-GEO_PREFIXES = frozenset({"us", "us-gov", "eu", "apac", "jp", "au", "ca", "global"})
 
 
 class UnknownModelPrice(LookupError):
@@ -84,15 +84,10 @@ def normalize_model_id(model_id: str) -> tuple[str, bool]:
     """(`provider.model...` id, whether it goes through a global profile) from an id, profile id or ARN.
 
     `arn:aws:bedrock:us-east-1:123:inference-profile/us.anthropic.claude-...` -> `anthropic.claude-...`.
+    The same reading of ids as the model families' (`tasks.model_ids.parse_model_id`).
     """
-    bare = model_id.strip()
-    if bare.startswith("arn:"):
-        bare = bare.split("/", 1)[1] if "/" in bare else bare
-    head, dot, rest = bare.partition(".")
-    is_global = head.lower() == "global"
-    if dot and head.lower() in GEO_PREFIXES:
-        bare = rest
-    return bare.lower(), is_global
+    ref = parse_model_id(model_id)
+    return ref.base, ref.is_global
 
 
 def lookup_price(model_id: str, table: PriceTable | None = None) -> Price:

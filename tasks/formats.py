@@ -1,5 +1,9 @@
 """Model families: how a prompt becomes a Bedrock request line and how an output line becomes a result row.
 
+This is the facade the project calls; each family's format lives in its own module of `tasks/families/`
+(a `FamilySpec`: request expression, `modelOutput` type, extractors, on-demand call, defaults), and what
+is common to all of them (line encoding, robust decoding, error rows) lives here.
+
 Everything here is columnar. A request line is one `pl.struct(...).struct.json_encode()` over the whole
 frame (Polars escapes the text, in Rust); an output file is decoded with one `str.json_decode` against a
 per-family schema that leaves the echoed `modelInput` out. The on-demand helpers (`invoke_request`,
@@ -9,56 +13,45 @@ built and parsed exactly like a batch record.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 import polars as pl
 
-
-class UnknownModelError(ValueError):
-    """The model id maps to no request format we know."""
-
-
-@dataclass(frozen=True)
-class ModelFamily:
-    """A request/response format. `kind` decides whether results carry `response` or `embedding`."""
-
-    name: str
-    kind: str  # "text" | "embedding"
-
-    @property
-    def result_column(self) -> str:
-        return "embedding" if self.kind == "embedding" else "response"
-
-    @property
-    def result_dtype(self) -> pl.DataType:
-        return pl.List(pl.Float32) if self.kind == "embedding" else pl.String()
-
-
-FAMILIES: dict[str, ModelFamily] = {
-    f.name: f
-    for f in (
-        ModelFamily("claude", "text"),
-        ModelFamily("nova", "text"),
-        ModelFamily("converse", "text"),
-        ModelFamily("llama", "text"),
-        ModelFamily("mistral", "text"),
-        ModelFamily("mistral_chat", "text"),
-        ModelFamily("titan_embed", "embedding"),
-    )
-}
-
-_FAMILY_HELP = (
-    "claude (anthropic.claude-*), nova (amazon.nova-*), llama (meta.llama*), mistral (mistral.mistral-7b, "
-    "mixtral, mistral-small, mistral-large-2402), mistral_chat (mistral.mistral-large-2407+, pixtral), "
-    "titan_embed (amazon.titan-embed-text-v2:0)"
+from tasks.families import (
+    FAMILIES,
+    InferenceSettings,
+    ModelFamily,
+    UnknownModelError,
+    base_model_id,
+    resolve_family,
+    spec_of,
 )
 
-# System-defined cross-region inference profiles prefix the model id with a geography.
-_GEO_PREFIX = re.compile(r"^(?:us|eu|apac|global|us-gov|ca|jp|au)\.")
+__all__ = [
+    "ERROR_CODES_OWN",
+    "FAMILIES",
+    "MALFORMED_SNIPPET_CHARS",
+    "RESULT_COLUMNS",
+    "RETRYABLE_ERROR_CODES",
+    "InferenceSettings",
+    "ModelFamily",
+    "UnknownModelError",
+    "base_model_id",
+    "build_lines",
+    "error_row",
+    "invoke_request",
+    "model_input_dtype",
+    "model_input_expr",
+    "parse_invoke_response",
+    "parse_output_bytes",
+    "parse_output_lines",
+    "request_line_expr",
+    "resolve_family",
+    "result_schema",
+]
+
 
 # Bedrock's record-level errors worth another attempt, plus our own codes for rows that never ran.
 RETRYABLE_ERROR_CODES: frozenset[str] = frozenset(
@@ -71,196 +64,12 @@ RESULT_COLUMNS = ("error_code", "error_message", "input_tokens", "output_tokens"
 MALFORMED_SNIPPET_CHARS = 200
 
 
-def base_model_id(model_id: str) -> str:
-    """The foundation-model id behind a plain id, a geo inference-profile id or a Bedrock ARN."""
-    value = model_id.strip()
-    if value.startswith("arn:"):
-        resource = value.split(":", 5)[-1]
-        kind, _, value = resource.partition("/")
-        if kind not in ("foundation-model", "inference-profile"):
-            raise UnknownModelError(
-                f"cannot tell the request format of {model_id!r} (a {kind} ARN names no model family); "
-                f"use --invocation-type Converse, which works for any chat model"
-            )
-    return _GEO_PREFIX.sub("", value.lower())
-
-
-def resolve_family(model_id: str, invocation_type: str = "InvokeModel") -> ModelFamily:
-    """Pick the request/response format for a model id, inference-profile id or ARN."""
-    kind = invocation_type.strip().lower()
-    if kind not in ("invokemodel", "converse"):
-        raise ValueError(f"invocation type must be InvokeModel or Converse, not {invocation_type!r}")
-    try:
-        base = base_model_id(model_id)
-    except UnknownModelError:
-        if kind == "converse":  # an application profile or provisioned model: Converse needs no family
-            return FAMILIES["converse"]
-        raise
-    if base.startswith("amazon.titan-embed-text-v2"):
-        if kind == "converse":
-            raise UnknownModelError(f"{model_id!r} is an embedding model; Converse serves chat models only")
-        return FAMILIES["titan_embed"]
-    if kind == "converse":
-        return FAMILIES["converse"]
-    if base.startswith("anthropic.claude"):
-        return FAMILIES["claude"]
-    if base.startswith("amazon.nova-") and "embed" not in base and "sonic" not in base:
-        return FAMILIES["nova"]
-    if base.startswith("meta.llama"):
-        return FAMILIES["llama"]
-    if base.startswith("mistral."):
-        chat = base.startswith("mistral.pixtral") or (
-            base.startswith("mistral.mistral-large") and not base.startswith("mistral.mistral-large-2402")
-        )
-        return FAMILIES["mistral_chat" if chat else "mistral"]
-    raise UnknownModelError(
-        f"unknown model {model_id!r}: supported families are {_FAMILY_HELP}; "
-        f"for any other chat model use --invocation-type Converse"
-    )
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """Inference parameters shared by every record of a run (the request body's constant part)."""
-
-    max_tokens: int = 512
-    temperature: float | None = None
-    top_p: float | None = None
-    system: str | None = None
-    dimensions: int = 1024
-    normalize: bool = True
-
-    @classmethod
-    def from_options(cls, template: Any = None, **given: Any) -> InferenceSettings:
-        """Explicit options (non-None) > the template's defaults > the built-in defaults."""
-        values: dict[str, Any] = {}
-        for name in ("max_tokens", "temperature", "top_p", "system"):
-            value = given.get(name)
-            if value is None and template is not None:
-                value = getattr(template, name, None)
-            if value is not None:
-                values[name] = value
-        for name in ("dimensions", "normalize"):
-            if given.get(name) is not None:
-                values[name] = given[name]
-        unknown = set(given) - {"max_tokens", "temperature", "top_p", "system", "dimensions", "normalize"}
-        if unknown:
-            raise TypeError(f"unknown inference options: {sorted(unknown)}")
-        return cls(**values)
-
-    def with_template(self, template: Any) -> InferenceSettings:
-        """Fill the unset (None) fields from a template; an explicit value always wins."""
-        if template is None:
-            return self
-        fill = {
-            name: getattr(template, name)
-            for name in ("temperature", "top_p", "system")
-            if getattr(self, name) is None and getattr(template, name, None) is not None
-        }
-        return replace(self, **fill) if fill else self
-
-
 # --------------------------------------------------------------------------------------------- requests
-
-
-def _lit_int(value: int) -> pl.Expr:
-    return pl.lit(int(value), dtype=pl.Int64)
-
-
-def _lit_float(value: float) -> pl.Expr:
-    return pl.lit(float(value), dtype=pl.Float64)
-
-
-def _user_messages(prompt: pl.Expr, *, typed: bool) -> pl.Expr:
-    """`[{"role": "user", "content": [{"type"?: "text", "text": prompt}]}]` as a list-of-struct column."""
-    block = pl.struct(type=pl.lit("text"), text=prompt) if typed else pl.struct(text=prompt)
-    return pl.concat_list(pl.struct(role=pl.lit("user"), content=pl.concat_list(block)))
-
-
-def _struct(fields: Mapping[str, pl.Expr]) -> pl.Expr:
-    return pl.struct(**fields)
 
 
 def model_input_expr(family: ModelFamily, settings: InferenceSettings, prompt: pl.Expr) -> pl.Expr:
     """The `modelInput` struct for every row; optional parameters are omitted, never sent as null."""
-    s = settings
-    name = family.name
-    if name == "claude":
-        fields: dict[str, pl.Expr] = {
-            "anthropic_version": pl.lit("bedrock-2023-05-31"),
-            "max_tokens": _lit_int(s.max_tokens),
-        }
-        if s.system is not None:
-            fields["system"] = pl.lit(s.system)
-        fields["messages"] = _user_messages(prompt, typed=True)
-        if s.temperature is not None:
-            fields["temperature"] = _lit_float(s.temperature)
-        if s.top_p is not None:
-            fields["top_p"] = _lit_float(s.top_p)
-        return _struct(fields)
-    if name in ("nova", "converse"):
-        fields = {"schemaVersion": pl.lit("messages-v1")} if name == "nova" else {}
-        fields["messages"] = _user_messages(prompt, typed=False)
-        if s.system is not None:
-            fields["system"] = pl.concat_list(pl.struct(text=pl.lit(s.system)))
-        config = {"maxTokens": _lit_int(s.max_tokens)}
-        if s.temperature is not None:
-            config["temperature"] = _lit_float(s.temperature)
-        if s.top_p is not None:
-            config["topP"] = _lit_float(s.top_p)
-        fields["inferenceConfig"] = _struct(config)
-        return _struct(fields)
-    if name == "llama":
-        # Llama 3+ instruct models expect their chat template in the raw prompt (no system field).
-        head = "<|begin_of_text|>"
-        if s.system is not None:
-            head += f"<|start_header_id|>system<|end_header_id|>\n\n{s.system}<|eot_id|>"
-        head += "<|start_header_id|>user<|end_header_id|>\n\n"
-        tail = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-        fields = {
-            "prompt": pl.concat_str([pl.lit(head), prompt, pl.lit(tail)]),
-            "max_gen_len": _lit_int(s.max_tokens),
-        }
-        if s.temperature is not None:
-            fields["temperature"] = _lit_float(s.temperature)
-        if s.top_p is not None:
-            fields["top_p"] = _lit_float(s.top_p)
-        return _struct(fields)
-    if name == "mistral":
-        head = "<s>[INST] " + (f"{s.system}\n\n" if s.system is not None else "")
-        fields = {
-            "prompt": pl.concat_str([pl.lit(head), prompt, pl.lit(" [/INST]")]),
-            "max_tokens": _lit_int(s.max_tokens),
-        }
-        if s.temperature is not None:
-            fields["temperature"] = _lit_float(s.temperature)
-        if s.top_p is not None:
-            fields["top_p"] = _lit_float(s.top_p)
-        return _struct(fields)
-    if name == "mistral_chat":
-        user = pl.struct(role=pl.lit("user"), content=prompt)
-        messages = (
-            pl.concat_list(pl.struct(role=pl.lit("system"), content=pl.lit(s.system)), user)
-            if s.system is not None
-            else pl.concat_list(user)
-        )
-        fields = {"messages": messages, "max_tokens": _lit_int(s.max_tokens)}
-        if s.temperature is not None:
-            fields["temperature"] = _lit_float(s.temperature)
-        if s.top_p is not None:
-            fields["top_p"] = _lit_float(s.top_p)
-        return _struct(fields)
-    if name == "titan_embed":
-        if s.dimensions not in (256, 512, 1024):
-            raise ValueError(f"Titan Text Embeddings V2 dimensions must be 256, 512 or 1024, not {s.dimensions}")
-        return _struct(
-            {
-                "inputText": prompt,
-                "dimensions": _lit_int(s.dimensions),
-                "normalize": pl.lit(bool(s.normalize)),
-            }
-        )
-    raise UnknownModelError(f"no request format for family {name!r}")
+    return spec_of(family).model_input(settings, prompt)
 
 
 def model_input_dtype(family: ModelFamily, settings: InferenceSettings) -> pl.DataType:
@@ -287,110 +96,16 @@ def build_lines(lf: pl.LazyFrame, family: ModelFamily, settings: InferenceSettin
 
 # ---------------------------------------------------------------------------------------------- outputs
 
-_TEXT_BLOCKS = pl.List(pl.Struct({"text": pl.String}))
-_OUTPUT_DTYPES: dict[str, pl.DataType] = {
-    "claude": pl.Struct(
-        {
-            "content": _TEXT_BLOCKS,
-            "stop_reason": pl.String,
-            "usage": pl.Struct({"input_tokens": pl.Int64, "output_tokens": pl.Int64}),
-        }
-    ),
-    "nova": pl.Struct(
-        {
-            "output": pl.Struct({"message": pl.Struct({"content": _TEXT_BLOCKS})}),
-            "stopReason": pl.String,
-            "usage": pl.Struct({"inputTokens": pl.Int64, "outputTokens": pl.Int64}),
-        }
-    ),
-    "llama": pl.Struct(
-        {
-            "generation": pl.String,
-            "prompt_token_count": pl.Int64,
-            "generation_token_count": pl.Int64,
-            "stop_reason": pl.String,
-        }
-    ),
-    "mistral": pl.Struct({"outputs": pl.List(pl.Struct({"text": pl.String, "stop_reason": pl.String}))}),
-    "mistral_chat": pl.Struct(
-        {
-            "choices": pl.List(pl.Struct({"message": pl.Struct({"content": pl.String}), "stop_reason": pl.String})),
-            "usage": pl.Struct({"prompt_tokens": pl.Int64, "completion_tokens": pl.Int64}),
-        }
-    ),
-    "titan_embed": pl.Struct({"embedding": pl.List(pl.Float64), "inputTextTokenCount": pl.Int64}),
-}
-_OUTPUT_DTYPES["converse"] = _OUTPUT_DTYPES["nova"]
-
 
 def _line_dtype(family: ModelFamily) -> pl.Struct:
     # `modelInput` is deliberately absent: it echoes the (long) prompt and we never need it back.
     return pl.Struct(
         {
             "recordId": pl.String,
-            "modelOutput": _OUTPUT_DTYPES[family.name],
+            "modelOutput": spec_of(family).output_dtype,
             "error": pl.Struct({"errorCode": pl.String, "errorMessage": pl.String}),
         }
     )
-
-
-def _join_text(blocks: pl.Expr) -> pl.Expr:
-    return blocks.list.eval(pl.element().struct.field("text").drop_nulls()).list.join("")
-
-
-def _extract(family: ModelFamily, out: pl.Expr) -> dict[str, pl.Expr]:
-    """Result, token counts and stop reason from a decoded `modelOutput` struct."""
-    f = out.struct.field
-    none_i = pl.lit(None, dtype=pl.Int64)
-    name = family.name
-    if name == "claude":
-        usage = f("usage").struct.field
-        return {
-            "response": _join_text(f("content")),
-            "input_tokens": usage("input_tokens"),
-            "output_tokens": usage("output_tokens"),
-            "stop_reason": f("stop_reason"),
-        }
-    if name in ("nova", "converse"):
-        usage = f("usage").struct.field
-        return {
-            "response": _join_text(f("output").struct.field("message").struct.field("content")),
-            "input_tokens": usage("inputTokens"),
-            "output_tokens": usage("outputTokens"),
-            "stop_reason": f("stopReason"),
-        }
-    if name == "llama":
-        return {
-            "response": f("generation"),
-            "input_tokens": f("prompt_token_count"),
-            "output_tokens": f("generation_token_count"),
-            "stop_reason": f("stop_reason"),
-        }
-    if name == "mistral":
-        first = f("outputs").list.first()
-        return {
-            "response": first.struct.field("text"),
-            "input_tokens": none_i,
-            "output_tokens": none_i,
-            "stop_reason": first.struct.field("stop_reason"),
-        }
-    if name == "mistral_chat":
-        first = f("choices").list.first()
-        usage = f("usage").struct.field
-        return {
-            "response": first.struct.field("message").struct.field("content"),
-            "input_tokens": usage("prompt_tokens"),
-            "output_tokens": usage("completion_tokens"),
-            "stop_reason": first.struct.field("stop_reason"),
-        }
-    if name == "titan_embed":
-        return {
-            "embedding": f("embedding").cast(pl.List(pl.Float32)),
-            "input_tokens": f("inputTextTokenCount"),
-            "output_tokens": none_i,
-            "stop_reason": pl.lit(None, dtype=pl.String),
-        }
-    raise UnknownModelError(f"no output format for family {name!r}")
 
 
 def result_schema(family: ModelFamily) -> dict[str, pl.DataType]:
@@ -474,7 +189,7 @@ def _results(df: pl.DataFrame, family: ModelFamily) -> pl.DataFrame:
     line = pl.col("line")
     d = pl.col("_d").struct.field
     err = d("error").struct.field
-    extracted = _extract(family, d("modelOutput"))
+    extracted = spec_of(family).extract(d("modelOutput"))
     result_col = family.result_column
     malformed = pl.col("_d").is_null() | d("recordId").is_null()
     no_output = d("modelOutput").is_null() & d("error").is_null()
@@ -528,21 +243,12 @@ def invoke_request(family: ModelFamily, settings: InferenceSettings, prompt: str
         {"record_id": ["on-demand"], "prompt": [prompt]}, schema={"record_id": pl.String, "prompt": pl.String}
     )
     line = build_lines(frame.lazy(), family, settings).collect().item(0, "line")
-    body = orjson.loads(line)["modelInput"]
-    if family.name == "converse":
-        return "converse", body
-    return "invoke_model", {"body": orjson.dumps(body)}
+    return spec_of(family).on_demand_request(orjson.loads(line)["modelInput"])
 
 
 def parse_invoke_response(family: ModelFamily, response: Mapping[str, Any]) -> dict[str, Any]:
     """One result row (without record_id) from an `invoke_model` or `converse` response."""
-    if family.name == "converse":
-        output = {k: v for k, v in response.items() if k in ("output", "stopReason", "usage")}
-    else:
-        body = response.get("body", response)
-        if hasattr(body, "read"):
-            body = body.read()
-        output = orjson.loads(body) if isinstance(body, (bytes, bytearray, str)) else dict(body)
+    output = spec_of(family).on_demand_output(response)
     line = orjson.dumps({"recordId": "on-demand", "modelOutput": output}).decode()
     row = parse_output_lines(pl.DataFrame({"line": [line]}), family).row(0, named=True)
     row.pop("record_id")
