@@ -11,11 +11,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import cost as costs
 from tasks.concurrency import ensure_limit, limit_name, mark_process_alive, reclaim_orphaned_slots, waiting_tasks
 from tasks.config import InvocationType, RunConfig, config_from_params
+from tasks.preflight import refusal, run_checks
 from tasks.prepare import PreparedRun
 from tasks.report import (
     RunProgress,
@@ -29,7 +31,6 @@ from tasks.shard_job import JobResult, ShardOutcome, collect_job_task, run_job_t
 from tasks.steps import (
     RunFailed,
     adopt_earlier_jobs,
-    check_output_writable,
     estimate_run,
     finalize,
     prepare,
@@ -78,8 +79,17 @@ def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | No
     return sorted(outcomes, key=lambda o: order[o.shard])
 
 
-check_output = task(check_output_writable, name="check-output-location", cache_policy=NO_CACHE,
-                    persist_result=False)
+@task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
+def preflight(cfg: RunConfig) -> None:
+    """Refuse a run that cannot work before anything is uploaded or created (tasks/preflight.py)."""
+    for warning in run_checks(cfg):
+        get_run_logger().warning("pre-flight: %s", warning)
+
+
+def refused(err: ValueError) -> State:
+    """A refused run ends Failed with the one-line reason as its state message (the CLI prints it)."""
+    reason = refusal(err)
+    return Failed(message=str(reason), data=reason)
 
 
 @flow(
@@ -132,23 +142,27 @@ def batch_inference(
     Exactly one source: `s3_uri` (CSV/Parquet/JSONL file, folder or glob), `input_path` (the same on
     disk) or `dataset_id` + `split` (Hugging Face). Output: Parquet under `output_uri`/<run key>/results/.
     """
-    cfg = config_from_params(locals())
-    started = time.monotonic()
-    log = get_run_logger()
-    mark_process_alive(_flow_run_id())
-    log.info("run %s -> %s", cfg.key, cfg.run_uri)
+    try:  # bad input of any kind (a ValueError) refuses the run: nothing submitted, one line to read
+        cfg = config_from_params(locals())
+        started = time.monotonic()
+        log = get_run_logger()
+        mark_process_alive(_flow_run_id())
+        log.info("run %s -> %s", cfg.key, cfg.run_uri)
 
-    check_output(cfg)
-    # An earlier run's paid, uncollected jobs: their answers into the answer cache before planning.
-    adopted = 0 if cfg.dry_run else adopt_earlier_jobs(cfg)
-    prepared = prepare(cfg)
-    estimate = estimate_run(prepared, cfg)
+        preflight(cfg)  # first: nothing is uploaded, created or submitted for a run it refuses
+        # An earlier run's paid, uncollected jobs: their answers into the answer cache before planning.
+        adopted = 0 if cfg.dry_run else adopt_earlier_jobs(cfg)
+        prepared = prepare(cfg)
+        estimate = estimate_run(prepared, cfg)
+        if not cfg.dry_run:
+            costs.check_budget(estimate, cfg.budget_usd)
+    except ValueError as err:
+        return refused(err)  # type: ignore[return-value]
     if cfg.dry_run:
         return RunSummary(run_key=cfg.key, run_uri=cfg.run_uri, model_id=cfg.model_id,
                           total_rows=prepared.total_rows, shards=len(prepared.shards), dry_run=True,
                           estimate={"rows": costs.estimate_rows(estimate),
                                     "text": costs.format_estimate(estimate)}).to_dict()
-    costs.check_budget(estimate, cfg.budget_usd)
 
     progress = RunProgress(prepared.total_rows, artifact_key(cfg.prefix, "progress"), log)
     progress.expect([s.name for s in prepared.shards])

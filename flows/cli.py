@@ -5,12 +5,18 @@ generated from the flow's signature so the two never drift apart. `--event FILE.
 sample's execution input; flags given as well override it. `--local` starts the emulator in-process
 (Bedrock + S3 + CloudWatch on one loopback port) and points the run at it; with no source it runs the
 bundled sample. The last line printed is `results: <path>` (a local copy of the output Parquet).
+
+A refused run (bad parameters, an unknown model, a missing bucket, an empty input...) prints one line on
+stderr, `error: <what is wrong and what to do>`, and exits 2: the pre-flight checks run here before the
+flow starts (the flow runs them again, for deployment runs), and later refusals (prepare's) keep their
+tracebacks off the console. `--debug` (or BBF_DEBUG=1) prints the tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import types
@@ -68,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(same as BEDROCK_EMULATOR_PROFILE)")
     parser.add_argument("--output-dir", type=Path, default=Path("output"),
                         help="where the local copy of the results goes: <output-dir>/<job_name_prefix>/")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of a refused or failed run (also BBF_DEBUG=1)")
     return parser
 
 
@@ -77,7 +85,7 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if args.event:
         params.update(from_event(json.loads(args.event.read_text())))
-    cli_only = {"event", "local", "emulator_profile", "output_dir"}
+    cli_only = {"event", "local", "emulator_profile", "output_dir", "debug"}
     params.update({k: v for k, v in vars(args).items() if k not in cli_only})
     if args.local and not any(params.get(k) for k in ("s3_uri", "input_path", "dataset_id")):
         for key, value in SAMPLE.items():
@@ -115,44 +123,126 @@ def copy_results(results_uri: str, destination: Path) -> int:
     return frame.height
 
 
+# The steps inside the flow's refusal block (flows/batch_inference.py): a ValueError there refuses the run.
+REFUSING_TASKS = frozenset({"preflight", "adopt-earlier-jobs", "prepare", "estimate"})
+
+
+class QuietRefusals(logging.Filter):
+    """On the console (not the API's logs), without --debug: leave out what repeats a refusal.
+
+    Those are the traceback a refusing task's ValueError is logged with, that task's `Finished in state
+    Failed(...)` and the flow's; the CLI prints the reason itself, once. Any other error keeps its log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused_task_runs: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task_name, task_run = getattr(record, "task_name", None), str(getattr(record, "task_run_id", ""))
+        if task_name in REFUSING_TASKS and record.exc_info and isinstance(record.exc_info[1], ValueError):
+            self.refused_task_runs.add(task_run)
+            return False
+        if self.refused_task_runs and record.getMessage().startswith("Finished in state Failed"):
+            return bool(task_name) and task_run not in self.refused_task_runs
+        return True
+
+
+def quiet_refusals() -> QuietRefusals:
+    """Put a `QuietRefusals` on the console handlers (Prefect's, on the root logger)."""
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if not any(isinstance(h, PrefectConsoleHandler) for h in logging.getLogger().handlers):
+        setup_logging()
+    quiet = QuietRefusals()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(quiet)
+    return quiet
+
+
+def refuse(err: BaseException, debug: bool) -> int:
+    """A refused run: the traceback only when debugging, then one line; exit code 2."""
+    import traceback
+
+    from tasks.preflight import refusal
+
+    if debug:
+        traceback.print_exception(err)
+    reason = refusal(err) if isinstance(err, ValueError) else " ".join(str(err).split())
+    print(f"error: {reason}", file=sys.stderr, flush=True)
+    return 2
+
+
+def preflight(params: dict[str, Any]) -> None:
+    """The flow's parameters validated as Prefect validates them, then the flow's pre-flight checks."""
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.batch_inference import batch_inference
+    from tasks.config import config_from_params
+    from tasks.preflight import RunRefused, run_checks
+
+    try:
+        validated = batch_inference.validate_parameters(params)
+    except ParameterTypeError as err:
+        raise RunRefused(f"parameters: {err}") from err
+    run_checks(config_from_params(validated))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not os.environ.get("PREFECT_API_URL"):  # Prefect will start an API server as our child: not an orphan
-        from flows._watchdog import guard_children
-
-        guard_children()
-    params = parameters(args)
-    server = None
+    debug = args.debug or os.environ.get("BBF_DEBUG", "").strip().lower() in ("1", "true", "yes")
+    try:
+        params = parameters(args)
+    except (ValueError, OSError) as err:  # the --event file: unreadable, not JSON, unknown keys
+        return refuse(err, debug)
     if args.local:
-        server = start_local(args.emulator_profile)
         from tasks.config import LOCAL_ROLE_ARN
 
         params.setdefault("role_arn", LOCAL_ROLE_ARN)
     elif not params.get("output_uri"):
         print("error: --output-uri s3://bucket/prefix is needed (or --local)", file=sys.stderr)
         return 2
-    from flows.batch_inference import batch_inference
-    from tasks.report import RunSummary, summary_text
-    from tasks.steps import RunFailed
+    if not os.environ.get("PREFECT_API_URL"):  # Prefect will start an API server as our child: not an orphan
+        from flows._watchdog import guard_children
 
-    code = 0
+        guard_children()
+    server = start_local(args.emulator_profile) if args.local else None
     try:
-        try:
-            result = batch_inference(**params)
-            summary = RunSummary(**result)
-        except RunFailed as failed:
-            summary, code = failed.summary, 1
-            print(f"error: {failed}", file=sys.stderr)
-        if summary.dry_run:
-            print((summary.estimate or {}).get("text", ""))
-            return 0
-        print(summary_text(summary))
-        if summary.results_uri:
-            prefix = params.get("job_name_prefix") or "bedrock-batch"
-            destination = (args.output_dir / prefix / f"results-{summary.run_key}.parquet").resolve()
-            copy_results(summary.results_uri, destination)
-            print(f"results: {destination}")
-        return code
+        return run(params, args, debug)
     finally:
         if server is not None:
             server.stop()
+
+
+def run(params: dict[str, Any], args: argparse.Namespace, debug: bool) -> int:
+    from flows.batch_inference import batch_inference
+    from tasks.preflight import RunRefused
+    from tasks.report import RunSummary, summary_text
+    from tasks.steps import RunFailed
+
+    try:
+        preflight(params)  # before the flow: a refused run starts no Prefect server and logs nothing
+    except ValueError as err:
+        return refuse(err, debug)
+    if not debug:
+        quiet_refusals()
+    code = 0
+    try:
+        result = batch_inference(**params)
+        summary = RunSummary(**result)
+    except RunRefused as err:  # found by the flow (prepare: duplicate ids, a missing template key...)
+        return refuse(err, debug)
+    except RunFailed as failed:
+        summary, code = failed.summary, 1
+        print(f"error: {failed}", file=sys.stderr)
+    if summary.dry_run:
+        print((summary.estimate or {}).get("text", ""))
+        return 0
+    print(summary_text(summary))
+    if summary.results_uri:
+        prefix = params.get("job_name_prefix") or "bedrock-batch"
+        destination = (args.output_dir / prefix / f"results-{summary.run_key}.parquet").resolve()
+        copy_results(summary.results_uri, destination)
+        print(f"results: {destination}")
+    return code

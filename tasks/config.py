@@ -75,23 +75,9 @@ class RunConfig:
     extra_tags: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        sources = [s for s in (self.s3_uri, self.input_path, self.dataset_id) if s]
-        if len(sources) != 1:
-            raise ValueError("give exactly one source: s3_uri, input_path or dataset_id (+ split)")
-        if not 1 <= self.max_concurrent_jobs <= 1000:
-            raise ValueError("max_concurrent_jobs must be between 1 and 1000")
-        if not 24 <= self.timeout_hours <= 168:
-            raise ValueError("timeout_hours must be between 24 and 168 (Bedrock's bounds)")
-        if self.max_records_per_job < self.min_records_per_job:
-            raise ValueError(f"max_records_per_job {self.max_records_per_job:,} is below min_records_per_job "
-                             f"{self.min_records_per_job:,} (Bedrock's minimum is 100 records per job): raise "
-                             f"max_records_per_job")
-        for name in ("output_uri", "job_name_prefix"):
-            value = getattr(self, name) or ""
-            if ".." in value.replace("\\", "/").split("/") or (name == "job_name_prefix" and ".." in value):
-                raise ValueError(f"{name} {value!r} contains '..': give a plain name or s3://bucket/prefix")
-        if self.output_uri and not self.output_uri.startswith("s3://"):
-            raise ValueError(f"output_uri {self.output_uri!r} must be an S3 location: s3://bucket/prefix")
+        from tasks.preflight import check_config  # the bounds live with the other pre-flight checks
+
+        check_config(self)  # raises RunRefused (a ValueError) naming the parameter and its bounds
 
     @property
     def aws(self) -> AwsSettings:

@@ -292,6 +292,9 @@ def check_utf8(data: bytes, name: str, *, complete: bool = False) -> None:
 def _scan_files(files: list[tuple[str, str]], spec: SourceSpec, aws: AwsSettings | None) -> pl.LazyFrame:
     paths = [p for p, _ in files]
     fmt = files[0][1]
+    for path in paths:  # an empty file is a Polars NoDataError / "out of specification" that names nothing
+        if not path.startswith("s3://") and Path(path).stat().st_size == 0:
+            raise SourceError(_empty_file(path))
     options = storage_options(aws) if paths[0].startswith("s3://") else None
     if fmt == "parquet":
         return pl.scan_parquet(paths, storage_options=options, row_index_name=ROW_INDEX)
@@ -299,6 +302,8 @@ def _scan_files(files: list[tuple[str, str]], spec: SourceSpec, aws: AwsSettings
         return pl.scan_ndjson(paths, storage_options=options, infer_schema_length=1000, row_index_name=ROW_INDEX)
     for path in paths:  # a latin-1 file fails late and vaguely inside Polars: catch it early, by name
         head = _head_bytes(path, aws)
+        if not head:
+            raise SourceError(_empty_file(path))
         check_utf8(head, path, complete=len(head) < _UTF8_PROBE_BYTES)
     separator = "\t" if paths[0].lower().endswith(".tsv") else ","
     header = pl.scan_csv(paths[0], separator=separator, storage_options=options, n_rows=0)
@@ -314,6 +319,11 @@ def _scan_files(files: list[tuple[str, str]], spec: SourceSpec, aws: AwsSettings
         missing_columns="insert",
         row_index_name=ROW_INDEX,
     )
+
+
+def _empty_file(path: str) -> str:
+    return (f"input file {path} is empty (0 bytes): nothing to run; check that it is the file you meant "
+            f"(a failed export?) or remove it from the input")
 
 
 def _is_saved_dataset(path: Path) -> bool:

@@ -64,17 +64,6 @@ class RunFailed(RuntimeError):
                          f"The other rows were written to {summary.results_uri}")
 
 
-def check_output_writable(cfg: RunConfig) -> None:
-    """Fail before any work if the output location cannot be written (wrong bucket, no rights)."""
-    bucket, key = split_s3_uri(join_s3(cfg.run_uri, ".write-check"))
-    s3 = client("s3", cfg.aws)
-    try:
-        s3.put_object(Bucket=bucket, Key=key, Body=b"ok")
-        s3.delete_object(Bucket=bucket, Key=key)
-    except Exception as err:
-        raise ValueError(f"output_uri {cfg.output_uri or cfg.run_uri} cannot be written: {err}") from err
-
-
 def inference_settings(cfg: RunConfig, template: PromptTemplate | None) -> InferenceSettings:
     """Flow parameters win over the template's defaults, which win over the family's."""
     t = template
