@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import pytest
@@ -13,11 +12,10 @@ from tests.emulator.conftest import claude_record, wait_for
 IN_FLIGHT = {"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"}
 
 
-def test_a_1000_record_claude_job_completes_in_under_2s_with_a_joinable_output(
+def test_a_1000_record_claude_job_completes_in_order_with_a_joinable_output(
     bedrock, submit, put_jsonl, finish, outputs, manifest
 ):
     records = [claude_record(i, text=f"question number {i}") for i in range(1000)]
-    started = time.monotonic()
     arn = submit(put_jsonl(records))
     statuses = []
 
@@ -27,10 +25,8 @@ def test_a_1000_record_claude_job_completes_in_under_2s_with_a_joinable_output(
             statuses.append(status)
         return status in ("Completed", "Failed")
 
-    wait_for(ended, timeout=10)
-    elapsed = time.monotonic() - started
+    wait_for(ended, timeout=30)  # its speed is measured by bench (emulate stage), not here
     assert statuses[-1] == "Completed"
-    assert elapsed < 2.0, f"took {elapsed:.2f}s"
     order = ["Submitted", "Validating", "Scheduled", "InProgress", "Completed"]
     assert [s for s in order if s in statuses] == statuses  # never out of order
 
@@ -92,8 +88,8 @@ def test_the_21st_in_flight_job_is_refused_and_peaks_are_recorded(
     emulator, bedrock, knobs, submit, put_jsonl, finish
 ):
     emulator.reset()
-    knobs(queue_s=1e6)  # jobs stay Scheduled until stopped
-    model = "anthropic.claude-quota-test-v1:0"
+    model = "anthropic.claude-quota-test-v1:0"  # made up: the catalog refuses them unless the profile adds them
+    knobs(queue_s=1e6, extra_models=[model, "anthropic.claude-other-model-v1:0"])  # jobs stay Scheduled
     uri = put_jsonl([claude_record(i) for i in range(100)])
     arns = [submit(uri, model_id=model) for _ in range(20)]
     with pytest.raises(bedrock.exceptions.ServiceQuotaExceededException) as info:
@@ -116,7 +112,8 @@ def test_the_21st_in_flight_job_is_refused_and_peaks_are_recorded(
 
 def test_foreign_jobs_hold_quota_until_they_finish(emulator, bedrock, knobs, submit, put_jsonl):
     model = f"anthropic.claude-foreign-{uuid.uuid4().hex[:6]}-v1:0"
-    knobs(quota=3, foreign_jobs={model: 2}, foreign_job_duration_s=5000, queue_s=1e6)  # 0.5 s real
+    knobs(quota=3, foreign_jobs={model: 2}, foreign_job_duration_s=5000, queue_s=1e6,  # 0.5 s real
+          extra_models=[model])
     uri = put_jsonl([claude_record(i) for i in range(100)])
     first = submit(uri, model_id=model)
     with pytest.raises(bedrock.exceptions.ServiceQuotaExceededException):
