@@ -164,7 +164,8 @@ def batch_inference(
                           estimate={"rows": costs.estimate_rows(estimate),
                                     "text": costs.format_estimate(estimate)}).to_dict()
 
-    progress = RunProgress(prepared.total_rows, artifact_key(cfg.prefix, "progress"), log)
+    progress = RunProgress(prepared.total_rows, artifact_key(cfg.prefix, "progress"), log,
+                           jobs_key=artifact_key(cfg.prefix, "jobs"), model_id=cfg.model_id)
     progress.expect([s.name for s in prepared.shards])
     with RunWatcher(cfg, log, interval_s=min(cfg.poll_interval_s, 60.0)) as watcher:
         outcomes = run_shards(prepared, cfg, progress)

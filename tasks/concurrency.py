@@ -38,6 +38,22 @@ FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 _live_files: dict[str, IO[str]] = {}
 
 
+class _SlotsBusyIsNotAnError(logging.Filter):
+    """Prefect's slot service logs every refused acquisition (HTTP 423: all slots taken) at ERROR, though
+    waiting for a slot is the limit working as meant. `hold_slot` sees the same failure and waits (or
+    raises anything else), so the service's line is demoted to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno >= logging.ERROR and str(record.msg).startswith("Service %r failed to process item")
+                and record.args and "ConcurrencySlotAcquisition" in str(record.args[0])):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("prefect._internal.concurrency").addFilter(_SlotsBusyIsNotAnError())
+
+
 def limit_name(model_id: str, region: str) -> str:
     """`bedrock-batch/us-east-1/anthropic.claude-3-haiku...`: one quota per model per region."""
     model = re.sub(r"[^a-zA-Z0-9.\-:]", "-", model_id.rsplit("/", 1)[-1])
@@ -81,13 +97,15 @@ def hold_slot(
     lease_s: float = 900,
     retry_s: float = SLOT_RETRY_S,
     should_stop: Callable[[], bool] = lambda: False,
+    on_wait: Callable[[], None] | None = None,
 ) -> Iterator[None]:
     """Hold one slot of `name` with a renewed lease; while all are taken, wait for one to be freed.
 
     Prefect's own wait sleeps for the server's Retry-After, which is the limit's average slot occupancy
     capped at 30 s: with jobs that run for hours, a freed slot would sit empty for up to 30 s. Here a
     slot given back in this process wakes one waiting task at once; slots freed elsewhere (other runs,
-    other workers) are found by asking again every `retry_s` seconds.
+    other workers) are found by asking again every `retry_s` seconds. `on_wait` is called once, when
+    the first attempt finds every slot taken.
     """
     holder = ConcurrencyLeaseHolder(type="task_run", id=task_run_id) if task_run_id else None
     freed = _freed(name)
@@ -108,6 +126,9 @@ def hold_slot(
                         raise
                     if should_stop():
                         raise SlotWaitCancelled(f"cancelled while waiting for a slot of {name}") from None
+                    if on_wait is not None:
+                        on_wait()
+                        on_wait = None
                     with freed:
                         freed.wait(min(retry_s, float(cause.response.headers.get("Retry-After", retry_s))))
             yield

@@ -37,17 +37,25 @@ def _safe(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 class RunProgress:
-    """Records done / total across shard threads, mirrored to a progress artifact and the log."""
+    """The run as it goes, across shard threads: the progress artifact (records done / total, with jobs by
+    status, an ETA from the observed rate and the cost so far in its description), the live jobs table
+    (one row per shard, republished under the same key as jobs move), and the log."""
 
-    def __init__(self, total: int, key: str, logger: Any = None, min_interval_s: float = 1.0) -> None:
+    def __init__(self, total: int, key: str, logger: Any = None, min_interval_s: float = 1.0,
+                 jobs_key: str | None = None, model_id: str | None = None, table_interval_s: float = 5.0) -> None:
         self.total = max(total, 1)
         self.key = key
+        self.jobs_key = jobs_key
         self.logger = logger or log
         self._lock = threading.Lock()
         self._processed: dict[str, int] = {}
         self._done: dict[str, int] = {}
-        self._last_publish = 0.0
-        self._min_interval = min_interval_s
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._tokens = [0, 0]
+        self._last_publish = self._last_table = 0.0
+        self._min_interval, self._table_interval = min_interval_s, table_interval_s
+        self._started = time.monotonic()
+        self._price = _price(model_id)
         self.artifact_id = _safe(create_progress_artifact, progress=0.0, key=key,
                                  description="Records processed by Bedrock / records in the run")
 
@@ -57,15 +65,32 @@ class RunProgress:
             n for shard, n in self._processed.items() if shard not in self._done
         )
 
+    def waiting(self, shard: str) -> None:
+        """`shard`'s task waits for a slot of the model's concurrency limit (nothing submitted yet)."""
+        with self._lock:
+            self._rows.setdefault(shard, {"shard": shard}).update(status="waiting for a slot")
+        self._publish(force=True)
+
     def job_update(self, shard: str, job: dict[str, Any]) -> None:
         with self._lock:
             self._processed[shard] = int(job.get("processedRecordCount") or 0)
-        self._publish()
+            row = self._rows.setdefault(shard, {"shard": shard})
+            row.update({
+                "job name": job.get("jobName") or row.get("job name", ""), "status": job.get("status", ""),
+                "records": job.get("totalRecordCount") or row.get("records", ""),
+                "processed": job.get("processedRecordCount") or 0, "ok": job.get("successRecordCount") or 0,
+                "failed": job.get("errorRecordCount") or 0, "message": job.get("message") or "",
+                "job ARN": job.get("jobArn") or row.get("job ARN", ""),
+            })
+        self._publish(table=True)
 
     def shard_done(self, outcome: Any) -> None:
         with self._lock:
             self._done[outcome.shard] = int(outcome.records)
-        self._publish(force=True)
+            self._tokens[0] += int(outcome.input_tokens)
+            self._tokens[1] += int(outcome.output_tokens)
+            self._rows[outcome.shard] = jobs_table([outcome])[0]
+        self._publish(force=True, table=True)
         self.logger.info(
             "progress: %d/%d shards done, %s/%s records (%.1f%%)", len(self._done), len(self._expected()),
             f"{self.records_done:,}", f"{self.total:,}", self.percent,
@@ -73,6 +98,9 @@ class RunProgress:
 
     def expect(self, shards: list[str]) -> None:
         self._shards = list(shards)
+        with self._lock:
+            for shard in shards:
+                self._rows.setdefault(shard, {"shard": shard, "status": "pending"})
 
     def _expected(self) -> list[str]:
         return getattr(self, "_shards", list(self._done))
@@ -81,18 +109,71 @@ class RunProgress:
     def percent(self) -> float:
         return min(100.0, 100.0 * self.records_done / self.total)
 
+    def describe(self) -> str:
+        """`1,234 / 5,000 records · jobs: 2 InProgress, 1 Completed · ETA 12 min · cost so far $0.0123`"""
+        with self._lock:
+            statuses: dict[str, int] = {}
+            for row in self._rows.values():
+                statuses[row.get("status") or "pending"] = statuses.get(row.get("status") or "pending", 0) + 1
+            tokens = tuple(self._tokens)
+        done, elapsed = self.records_done, time.monotonic() - self._started
+        parts = [f"{done:,} / {self.total:,} records"]
+        if statuses:
+            parts.append("jobs: " + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())))
+        if 0 < done < self.total and elapsed > 0:
+            parts.append(f"ETA {_fmt_s((self.total - done) * elapsed / done)}")
+        if self._price is not None:
+            from tasks.cost import usd
+
+            cost = usd(tokens[0], self._price.batch_input_per_1k) + usd(tokens[1], self._price.batch_output_per_1k)
+            parts.append(f"cost so far {_fmt_cost(cost)} (collected jobs, batch price)")
+        return " · ".join(parts)
+
+    def table(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(self._rows[s]) for s in sorted(self._rows)]
+
     def finish(self) -> None:
         with self._lock:
             self._done = {"all": self.total}
             self._processed = {}
         self._publish(force=True)
 
-    def _publish(self, force: bool = False) -> None:
+    def _publish(self, force: bool = False, table: bool = False) -> None:
         now = time.monotonic()
-        if self.artifact_id is None or (not force and now - self._last_publish < self._min_interval):
-            return
-        self._last_publish = now
-        _safe(update_progress_artifact, artifact_id=self.artifact_id, progress=round(self.percent, 2))
+        if self.artifact_id is not None and (force or now - self._last_publish >= self._min_interval):
+            self._last_publish = now
+            _safe(update_progress_artifact, artifact_id=self.artifact_id, progress=round(self.percent, 2),
+                  description=self.describe())
+        if table and self.jobs_key and (force or now - self._last_table >= self._table_interval):
+            self._last_table = now
+            _safe(create_table_artifact, table=self.table(), key=self.jobs_key,
+                  description=f"Jobs as they run (updated at each poll): {self.describe()}")
+
+
+def _price(model_id: str | None) -> Any:
+    if not model_id:
+        return None
+    from tasks.cost import UnknownModelPrice, lookup_price
+
+    try:
+        return lookup_price(model_id)
+    except UnknownModelPrice:
+        return None
+
+
+def emit_job_event(job: dict[str, Any], run_key: str, shard: str) -> None:
+    """A Prefect event per job state change (`bedrock.batch.job.<status>`, resource: the job's ARN), so
+    that automations can act on a failed or stuck job."""
+    from prefect.events import emit_event
+
+    status = str(job.get("status") or "unknown")
+    _safe(emit_event, event=f"bedrock.batch.job.{status.lower()}",
+          resource={"prefect.resource.id": f"aws.bedrock.job.{job.get('jobArn')}",
+                    "prefect.resource.name": str(job.get("jobName") or ""),
+                    "bedrock.model-id": str(job.get("modelId") or ""), "bedrock-batch-flows.run": run_key,
+                    "bedrock-batch-flows.shard": shard},
+          payload={k: v for k, v in job.items() if isinstance(v, str | int | float) and v is not None})
 
 
 @dataclass

@@ -28,6 +28,7 @@ from tasks.config import RunConfig
 from tasks.formats import resolve_family
 from tasks.logs import run_logger
 from tasks.prepare import PreparedShard
+from tasks.report import emit_job_event
 from tasks.steps import request_scope
 
 
@@ -123,11 +124,17 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
                 log.info("%s %s: %s%s", shard.name, name, status,
                          f" ({job['message']})" if job.get("message") else "")
                 timeline.setdefault(status, time.time())
+                emit_job_event(job, cfg.key, shard.name)
             if progress is not None:
                 progress.job_update(shard.name, job)
 
         stop = cancel_requested(ctx.task_run.flow_run_id if ctx else None)
-        with hold_slot(limit, task_run_id=task_run_id, lease_s=cfg.lease_s, should_stop=stop):
+        def on_wait() -> None:
+            log.info("%s waits for a slot of %s: all %d are in use", shard.name, limit, cfg.max_concurrent_jobs)
+            if progress is not None:
+                progress.waiting(shard.name)
+
+        with hold_slot(limit, task_run_id=task_run_id, lease_s=cfg.lease_s, should_stop=stop, on_wait=on_wait):
             arn, attached = jobs.submit_once(
                 bedrock, s3, spec=spec, identity=identity, ledger_uri=ledger_uri, shard=shard.name,
                 on_quota_wait=log.warning,
