@@ -65,15 +65,12 @@ class RunFailed(RuntimeError):
 
 
 def inference_settings(cfg: RunConfig, template: PromptTemplate | None) -> InferenceSettings:
-    """Flow parameters win over the template's defaults, which win over the family's."""
-    t = template
-    return InferenceSettings(
-        max_tokens=cfg.max_tokens or (t.max_tokens if t and t.max_tokens else 512),
-        temperature=cfg.temperature if cfg.temperature is not None else (t.temperature if t else None),
-        top_p=cfg.top_p if cfg.top_p is not None else (t.top_p if t else None),
-        system=cfg.system_prompt or (t.system if t else None),
-        dimensions=cfg.embedding_dimensions,
-        normalize=cfg.embedding_normalize,
+    """Flow parameters win over the template's defaults, which win over the family's
+    (`InferenceSettings.resolve` is the one place that says so)."""
+    return InferenceSettings.resolve(
+        template, resolve_family(cfg.model_id, cfg.invocation_type),
+        max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, system=cfg.system_prompt,
+        dimensions=cfg.embedding_dimensions, normalize=cfg.embedding_normalize,
     )
 
 
