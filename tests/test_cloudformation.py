@@ -150,6 +150,7 @@ def test_ecs_task_role_carries_the_caller_policy(template):
     assert ecs["Properties"]["ManagedPolicyArns"] == [{"Ref": "CallerPolicy"}]
 
 
+@pytest.mark.slow  # not in ./dev fast: cfn-lint loads every resource schema (~5-8 s of CPU)
 @pytest.mark.skipif(shutil.which("cfn-lint") is None, reason="cfn-lint not installed (optional)")
 def test_cfn_lint_finds_nothing():
     """AWS's own schema checks, when the linter happens to be installed (it is not a dependency)."""
