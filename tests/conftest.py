@@ -39,12 +39,17 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Longest first: `slow` tests, then `e2e`, then the rest (collection order within each).
+    """A test that uses the Prefect API is `e2e` (out of `./dev fast`) even when unmarked. Then longest first:
+    `slow` tests, then `e2e`, then the rest (collection order within each).
 
     `./dev test` runs `-n auto --dist loadgroup`: each worker takes the next test in this order, so the long
     tests start at once on different workers and the short ones fill in at the end. Each worker is its own
     session (its own moto, emulator, Prefect harness and PREFECT_HOME, on ephemeral ports)."""
+    for item in items:
+        if "prefect_api" in getattr(item, "fixturenames", ()) and item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.e2e)
     rank = {"slow": 0, "e2e": 1}
     items.sort(key=lambda item: min((rank[m.name] for m in item.iter_markers() if m.name in rank), default=2))
 
