@@ -41,13 +41,22 @@ def ledgers(s3: Any, run_uri: str) -> Iterator[tuple[str, jobs.Ledger]]:
                 yield uri, jobs.read_ledger(s3, uri, key.rsplit("/", 1)[-1][: -len(".json")])
 
 
-def pending_jobs(s3: Any, run_uri: str) -> list[Pending]:
-    """Jobs with an ARN whose answers are not in the cache yet and that may still have some."""
+def pending_jobs(s3: Any, run_uri: str, bedrock: Any = None) -> list[Pending]:
+    """Jobs with an ARN whose answers are not in the cache yet and that may still have some.
+
+    An entry left "submitting" without an ARN (the run died between Bedrock's answer and the ledger
+    write) is looked up by its job name: if Bedrock has it, it was paid for, and it is adopted too.
+    """
     found = []
     for uri, ledger in ledgers(s3, run_uri):
         if not (ledger.output_uri and ledger.snapshot_uri and ledger.input_uri):
             continue  # a ledger that does not say where its outputs are: nothing to collect from
         for entry in ledger.entries:
+            if entry.state == "submitting" and not entry.job_arn and bedrock is not None:
+                job = jobs.find_job_by_name(bedrock, entry.job_name)
+                if job is not None:
+                    entry.job_arn, entry.state, entry.status = job["jobArn"], "submitted", job.get("status")
+                    jobs.write_ledger(s3, uri, ledger)
             if entry.job_arn and not entry.harvested:
                 if entry.state == "terminal" and entry.status not in jobs.COLLECTABLE:
                     continue

@@ -127,7 +127,7 @@ def prepare(cfg: RunConfig) -> PreparedRun:
 def adopt_earlier_jobs(cfg: RunConfig) -> int:
     """Jobs an earlier run of this folder paid for but never collected: wait for them and cache their
     answers, so that planning sends none of their requests again. Returns how many jobs were adopted."""
-    pending = harvest.pending_jobs(client("s3", cfg.aws), cfg.run_uri)
+    pending = harvest.pending_jobs(client("s3", cfg.aws), cfg.run_uri, client("bedrock", cfg.aws))
     if not pending:
         return 0
     log = run_logger()
