@@ -177,3 +177,20 @@ def test_polling_rides_out_an_outage_and_returns_the_terminal_state() -> None:
     job = jobs.wait_until_terminal(Flaky(), "arn", max_interval=0.01, min_interval=0.01, step=0.005,
                                    on_transient=seen.append)
     assert job["status"] == "Completed" and len(seen) == 2 and not answers
+
+
+def test_an_earlier_run_that_died_submitting_has_its_job_found_by_name_and_adopted(aws, bucket) -> None:
+    from tasks import harvest
+
+    s3, uri = client("s3", aws), f"s3://{bucket}/run/ledger/shard-0001-cccc.json"
+    identity = jobs.job_identity("p", "run1", "shard-0001", "c" * 64, 1)
+    ledger = jobs.Ledger(shard="shard-0001", content_hash="c" * 64, input_uri="s3://b/i.jsonl",
+                         snapshot_uri="s3://b/s.parquet", output_uri="s3://b/o/")
+    ledger.record(jobs.LedgerEntry(attempt=1, job_name=identity.job_name,
+                                   client_request_token=identity.client_request_token, state="submitting"))
+    jobs.write_ledger(s3, uri, ledger)
+    assert harvest.pending_jobs(s3, f"s3://{bucket}/run", FakeBedrock()) == []  # Bedrock never got it
+    arn = "arn:aws:bedrock:us-east-1:1:model-invocation-job/paid00000001"
+    pending = harvest.pending_jobs(s3, f"s3://{bucket}/run", FakeBedrock(existing={identity.job_name: arn}))
+    assert [p.entry.job_arn for p in pending] == [arn]
+    assert jobs.read_ledger(s3, uri, "shard-0001").latest.job_arn == arn  # written down at last
