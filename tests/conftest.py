@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,27 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# Modules whose tests stay on one xdist worker: their module-scoped fixtures (moto stacks) are made once.
+KEEP_TOGETHER = {"tests/test_cloudformation.py"}
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own; optional: plain pytest has no xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` (what ./dev passes), with each KEEP_TOGETHER module as one unit of work.
+
+    (xdist_group marks would say the same, but pytest 9.2's node ids drop the group: pytest-xdist #1386.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Scheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in KEEP_TOGETHER else super()._split_scope(nodeid)
+
+    return Scheduling(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
