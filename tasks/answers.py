@@ -1,7 +1,7 @@
 """The answer cache: every answered request kept under a key made from what was sent, so none is paid twice.
 
-A request's key is the SHA-256 of (model id, invocation type, the `modelInput` JSON exactly as written in
-its JSONL line), computed by Polars in the same pass that builds the line. The record id is not part of
+A request's key is the SHA-256 of (model id, invocation type, the SHA-256 of the `modelInput` JSON exactly
+as written in its JSONL line), computed by Polars in the same pass that builds the line. The record id is not part of
 it: a re-run after rows were inserted, reordered or re-numbered finds the same answers. The cache is
 Parquet under `<output location>/answer-cache/<model>-<invocation type>/`, one immutable file per
 collected job (named by what it was collected from, so collecting again rewrites the same file), holding
@@ -52,14 +52,18 @@ def model_input_json_of(line: str) -> str:
 
 
 def request_key_expr(model_input_json: pl.Expr, model_id: str, invocation_type: str) -> pl.Expr:
-    """SHA-256 (hex, first 32 digits) of the request's scope and its `modelInput` JSON."""
-    scoped = pl.concat_str([pl.lit(_scope(model_id, invocation_type)), model_input_json])
-    return scoped.chash.sha2_256().str.slice(0, 32)
+    """SHA-256 (hex, first 32 digits) of the request's scope and the SHA-256 of its `modelInput` JSON.
+
+    Hashing the model input first, then the scope with that digest, never builds a scope + input copy of
+    every request (a chunk's worth of lines would be copied once more)."""
+    digest = model_input_json.chash.sha2_256()
+    return pl.concat_str([pl.lit(_scope(model_id, invocation_type)), digest]).chash.sha2_256().str.slice(0, 32)
 
 
 def request_key(model_input_json: str, model_id: str, invocation_type: str) -> str:
     """`request_key_expr` for one request, in plain Python (the two must agree: tested)."""
-    return hashlib.sha256((_scope(model_id, invocation_type) + model_input_json).encode()).hexdigest()[:32]
+    digest = hashlib.sha256(model_input_json.encode()).hexdigest()
+    return hashlib.sha256((_scope(model_id, invocation_type) + digest).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,16 @@ def request_line_expr(
     family: ModelFamily, settings: InferenceSettings, *, record_id: str = "record_id", prompt: str = "prompt"
 ) -> pl.Expr:
     """One JSONL line per row, `{"recordId": ..., "modelInput": {...}}`, encoded by Polars in bulk."""
-    body = model_input_expr(family, settings, pl.col(prompt))
-    return pl.struct(recordId=pl.col(record_id), modelInput=body).struct.json_encode().alias("line")
+    body = model_input_expr(family, settings, pl.col(prompt)).struct.json_encode()
+    return request_line_from(pl.col(record_id), body).alias("line")
+
+
+def request_line_from(record_id: pl.Expr, model_input_json: pl.Expr) -> pl.Expr:
+    """`{"recordId":"<id>","modelInput":<model_input_json>}`: the line around an already encoded model
+    input (byte for byte what encoding the two as one struct gives), so that the model input's JSON can
+    be kept, hashed or checked without decoding or copying the line."""
+    head = pl.struct(recordId=record_id).struct.json_encode().str.strip_suffix("}")
+    return pl.concat_str([head, pl.lit(',"modelInput":'), model_input_json, pl.lit("}")])
 
 
 def build_lines(lf: pl.LazyFrame, family: ModelFamily, settings: InferenceSettings) -> pl.LazyFrame:

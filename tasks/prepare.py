@@ -34,7 +34,7 @@ from boto3.s3.transfer import TransferConfig
 
 from tasks.answers import KEY, model_input_json_expr, request_key_expr
 from tasks.aws import AwsSettings, client, join_s3, split_s3_uri
-from tasks.formats import InferenceSettings, ModelFamily, request_line_expr
+from tasks.formats import InferenceSettings, ModelFamily, model_input_expr, request_line_expr, request_line_from
 from tasks.plan import Quotas, ShardPlan, ShardSpec, plan_shards
 from tasks.sources import RECORD_ID, SourceError, check_ids
 from tasks.templates import PromptTemplate, render_prompts, select_input
@@ -44,7 +44,7 @@ MULTIPART_CHUNK_BYTES = 64 * 1024 * 1024
 PREPARED_MANIFEST = "prepared.json"
 # Internal column names, chosen so they cannot shadow an input column such as `prompt`.
 _PROMPT, _ERROR, _LINE, _BYTES, _TOKENS = "__prompt", "__input_error", "__line", "__line_bytes", "__tokens"
-_CACHED = "__cached"
+_CACHED, _MODEL_INPUT = "__cached", "__model_input"
 _ROW_GROUP = 20_000
 # Rows staged per sink (see _stage): small enough to keep peak RSS flat, large enough to cost little.
 STAGE_CHUNK_ROWS = 250_000
@@ -247,7 +247,9 @@ def prepare_run(
         return select_input(lf, input_column, prompt_column=_PROMPT, error_column=_ERROR)
 
     line = request_line_expr(family, settings, prompt=_PROMPT)
-    key = request_key_expr(model_input_json_expr(pl.col(_LINE)), model_id, invocation_type)
+    # The model input is encoded once: the line is built around it and the request key hashes it.
+    model_input = model_input_expr(family, settings, pl.col(_PROMPT)).struct.json_encode()
+    key = request_key_expr(pl.col(_MODEL_INPUT), model_id, invocation_type)
     cached = (pl.col(KEY).is_in(answered.implode()) if answered is not None and answered.len()
               else pl.lit(False)).fill_null(False)
 
@@ -257,10 +259,11 @@ def prepare_run(
         return (
             render(lf)
             .with_columns(
-                pl.when(pl.col(_ERROR).is_null()).then(line).alias(_LINE),
+                pl.when(pl.col(_ERROR).is_null()).then(model_input).alias(_MODEL_INPUT),
                 estimate_tokens_expr(pl.col(_PROMPT), settings.system).alias(_TOKENS),
             )
-            .with_columns((pl.col(_LINE).str.len_bytes().cast(pl.Int64) + 1).alias(_BYTES), key.alias(KEY))
+            .with_columns(request_line_from(pl.col(RECORD_ID), pl.col(_MODEL_INPUT)).alias(_LINE), key.alias(KEY))
+            .with_columns((pl.col(_LINE).str.len_bytes().cast(pl.Int64) + 1).alias(_BYTES))
             .with_columns(cached.alias(_CACHED))
             .select(*columns, _ERROR, _LINE, _BYTES, _TOKENS, KEY, _CACHED)
         )
