@@ -125,7 +125,7 @@ def test_in_flight_jobs_never_exceed_max_concurrent_jobs(
 def _run_args(bucket: str, prefix: str, *extra: str) -> list[str]:
     return [
         "--input-path", str(SAMPLE), "--prompt-id", "question_answering", "--model-id", CLAUDE,
-        "--job-name-prefix", prefix, "--output-uri", f"s3://{bucket}/out", "--role-arn", ROLE,
+        "--job-name-prefix", prefix, "--output-uri", f"s3://{bucket}/out-{prefix}", "--role-arn", ROLE,
         "--max-records-per-job", "50", "--min-records-per-job", "50", "--poll-interval-s", "0.5", *extra,
     ]
 
