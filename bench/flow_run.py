@@ -73,7 +73,7 @@ def main() -> None:
     os.environ.update(server.env())
     from flows.batch_inference import batch_inference
     from tasks.aws import AwsSettings, client
-    from tasks.config import LOCAL_BUCKET, LOCAL_ROLE_ARN
+    from tasks.core.config import LOCAL_BUCKET, LOCAL_ROLE_ARN
 
     s3 = client("s3", AwsSettings.from_env())
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.plan import Quotas, plan_shards
+from tasks.core.plan import Quotas, plan_shards
 
 OVERHEAD_S = 30 + 300 + 600  # emulator defaults: submit_s + validation_s + queue_s
 RECORD_S = 0.5
@@ -59,7 +59,7 @@ def compare(
     n: int, record_bytes: int = 2_000, slots: int = 20, max_records: int = 50_000, model: JobModel = JobModel(),
     poll_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Balanced plan (tasks.plan) vs fixed `max_records` slicing for n records of `record_bytes` each."""
+    """Balanced plan (tasks.core.plan) vs fixed `max_records` slicing for n records of `record_bytes` each."""
     plan = plan_shards(np.full(n, record_bytes, dtype=np.int64), Quotas(max_records=max_records, slots=slots))
     balanced = [s.records for s in plan.shards]
     fixed = fixed_slices(n, max_records)

@@ -16,10 +16,10 @@ import polars as pl
 
 from bench import datagen
 from bench.common import peak_rss_mb
-from tasks import prepare as P
-from tasks.formats import InferenceSettings, request_line_expr, resolve_family
-from tasks.sources import SourceSpec, load_source
-from tasks.templates import load_template, render_prompts
+from tasks.core import prepare as P
+from tasks.core.formats import InferenceSettings, request_line_expr, resolve_family
+from tasks.core.sources import SourceSpec, load_source
+from tasks.core.templates import load_template, render_prompts
 
 CHUNK = 250_000
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import datagen, makespan
 from bench.common import BUCKET, PYTHON, REPO, Endpoint, endpoint, machine, run_stage
-from tasks.plan import Quotas
+from tasks.core.plan import Quotas
 
 MIN_RECORDS = Quotas().min_records
 

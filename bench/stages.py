@@ -59,11 +59,11 @@ def _size(uri: str, aws: AwsSettings) -> int:
 
 
 def prepare(args: dict[str, Any]) -> dict[str, Any]:
-    from tasks.formats import InferenceSettings, resolve_family
-    from tasks.plan import Quotas
-    from tasks.prepare import prepare_run
-    from tasks.sources import SourceSpec, load_source
-    from tasks.templates import load_template
+    from tasks.core.formats import InferenceSettings, resolve_family
+    from tasks.core.plan import Quotas
+    from tasks.core.prepare import prepare_run
+    from tasks.core.sources import SourceSpec, load_source
+    from tasks.core.templates import load_template
 
     aws = AwsSettings.from_env()
     model = args["model"]
@@ -78,7 +78,7 @@ def prepare(args: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     answered = None
     if args.get("cache_uri"):
-        from tasks.answers import cached_keys
+        from tasks.core.answers import cached_keys
 
         answered = cached_keys(args["cache_uri"], aws)
     load_keys_s = time.perf_counter() - started
@@ -161,8 +161,8 @@ def prepare_floor(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect(args: dict[str, Any]) -> dict[str, Any]:
-    from tasks.collect import collect_shard, write_result_part
-    from tasks.formats import resolve_family
+    from tasks.core.collect import collect_shard, write_result_part
+    from tasks.core.formats import resolve_family
 
     aws = AwsSettings.from_env()
     family = resolve_family(MODELS[args["model"]])
@@ -224,7 +224,7 @@ def collect_floor(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def fill_cache(args: dict[str, Any]) -> dict[str, Any]:
-    from tasks.answers import CACHE_KEY, KEY, store
+    from tasks.core.answers import CACHE_KEY, KEY, store
 
     aws = AwsSettings.from_env()
     answers = 0

@@ -1,5 +1,5 @@
 """Flow entry points. Importing the package prepares Prefect for plain-Python runs (see `_bootstrap`)."""
 
-from flows._bootstrap import configure_local_prefect
+from flows.local.bootstrap import configure_local_prefect
 
 configure_local_prefect()

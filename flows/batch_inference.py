@@ -14,11 +14,11 @@ from prefect.futures import as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks import cost as costs
+from tasks.aws.preflight import refusal, run_checks
 from tasks.concurrency import ensure_limit, limit_name, mark_process_alive, reclaim_orphaned_slots, waiting_tasks
-from tasks.config import InvocationType, RunConfig, config_from_params
-from tasks.preflight import refusal, run_checks
-from tasks.prepare import PreparedRun
+from tasks.core import cost as costs
+from tasks.core.config import InvocationType, RunConfig, config_from_params
+from tasks.core.prepare import PreparedRun
 from tasks.report import (
     RunProgress,
     RunSummary,
@@ -81,7 +81,7 @@ def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | No
 
 @task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
 def preflight(cfg: RunConfig) -> None:
-    """Refuse a run that cannot work before anything is uploaded or created (tasks/preflight.py)."""
+    """Refuse a run that cannot work before anything is uploaded or created (tasks/aws/preflight.py)."""
     for warning in run_checks(cfg):
         get_run_logger().warning("pre-flight: %s", warning)
 

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parameters(args: argparse.Namespace) -> dict[str, Any]:
-    from tasks.config import from_event
+    from tasks.core.config import from_event
 
     params: dict[str, Any] = {}
     if args.event:
@@ -97,7 +97,7 @@ def start_local(profile: str | None) -> Any:
     """Start the emulator and point this process's AWS settings at it."""
     from emulator import start
     from tasks.aws import AwsSettings, client
-    from tasks.config import LOCAL_BUCKET
+    from tasks.core.config import LOCAL_BUCKET
 
     server = start(port=0, profile=profile)
     os.environ.update(server.env())
@@ -115,7 +115,7 @@ def copy_results(results_uri: str, destination: Path) -> int:
     import polars as pl
 
     from tasks.aws import storage_options
-    from tasks.collect import result_part_uris
+    from tasks.core.collect import result_part_uris
 
     frame = pl.read_parquet(result_part_uris(results_uri), storage_options=storage_options())
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +165,7 @@ def refuse(err: BaseException, debug: bool) -> int:
     """A refused run: the traceback only when debugging, then one line; exit code 2."""
     import traceback
 
-    from tasks.preflight import refusal
+    from tasks.aws.preflight import refusal
 
     if debug:
         traceback.print_exception(err)
@@ -179,8 +179,8 @@ def preflight(params: dict[str, Any]) -> None:
     from prefect.exceptions import ParameterTypeError
 
     from flows.batch_inference import batch_inference
-    from tasks.config import config_from_params
-    from tasks.preflight import RunRefused, run_checks
+    from tasks.aws.preflight import RunRefused, run_checks
+    from tasks.core.config import config_from_params
 
     try:
         validated = batch_inference.validate_parameters(params)
@@ -197,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # the --event file: unreadable, not JSON, unknown keys
         return refuse(err, debug)
     if args.local:
-        from tasks.config import LOCAL_ROLE_ARN
+        from tasks.core.config import LOCAL_ROLE_ARN
 
         params.setdefault("role_arn", LOCAL_ROLE_ARN)
     elif not params.get("output_uri"):
         print("error: --output-uri s3://bucket/prefix is needed (or --local)", file=sys.stderr)
         return 2
     if not os.environ.get("PREFECT_API_URL"):  # Prefect will start an API server as our child: not an orphan
-        from flows._watchdog import guard_children
+        from flows.local.watchdog import guard_children
 
         guard_children()
     server = start_local(args.emulator_profile) if args.local else None
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(params: dict[str, Any], args: argparse.Namespace, debug: bool) -> int:
     from flows.batch_inference import batch_inference
-    from tasks.preflight import RunRefused
+    from tasks.aws.preflight import RunRefused
     from tasks.report import RunSummary, summary_text
     from tasks.steps import RunFailed
 

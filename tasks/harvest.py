@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from tasks import answers, jobs
-from tasks.answers import RequestScope
-from tasks.aws import AwsSettings, client, join_s3, split_s3_uri
-from tasks.collect import collect_shard
-from tasks.formats import ModelFamily
+from tasks.aws import AwsSettings, client, jobs, join_s3, split_s3_uri
+from tasks.core import answers
+from tasks.core.answers import RequestScope
+from tasks.core.collect import collect_shard
+from tasks.core.formats import ModelFamily
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +19,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.events import emit_event
+
+from tasks.core.job_warnings import JobWarning
+from tasks.logs import run_logger
 
 log = logging.getLogger("bedrock_batch_flows")
 
@@ -123,7 +128,7 @@ class RunProgress:
         if 0 < done < self.total and elapsed > 0:
             parts.append(f"ETA {_fmt_s((self.total - done) * elapsed / done)}")
         if self._price is not None:
-            from tasks.cost import usd
+            from tasks.core.cost import usd
 
             cost = usd(tokens[0], self._price.batch_input_per_1k) + usd(tokens[1], self._price.batch_output_per_1k)
             parts.append(f"cost so far {_fmt_cost(cost)} (collected jobs, batch price)")
@@ -154,7 +159,7 @@ class RunProgress:
 def _price(model_id: str | None) -> Any:
     if not model_id:
         return None
-    from tasks.cost import UnknownModelPrice, lookup_price
+    from tasks.core.cost import UnknownModelPrice, lookup_price
 
     try:
         return lookup_price(model_id)
@@ -165,7 +170,6 @@ def _price(model_id: str | None) -> Any:
 def emit_job_event(job: dict[str, Any], run_key: str, shard: str) -> None:
     """A Prefect event per job state change (`bedrock.batch.job.<status>`, resource: the job's ARN), so
     that automations can act on a failed or stuck job."""
-    from prefect.events import emit_event
 
     status = str(job.get("status") or "unknown")
     _safe(emit_event, event=f"bedrock.batch.job.{status.lower()}",
@@ -301,3 +305,28 @@ def summary_text(summary: RunSummary) -> str:
     with console.capture() as capture:
         console.print(table)
     return capture.get()
+
+
+def emit_job_warning_events(warnings: Iterable[JobWarning]) -> list[Any]:
+    """Log each warning and emit it as a Prefect event (automations can page on it).
+
+    Events: `bedrock.batch.job.stuck` / `bedrock.batch.job.expiring` on resource
+    `bedrock.batch.job.<jobArn>`; returns what `emit_event` returned (None when events are off).
+    """
+    logger = run_logger()
+    emitted = []
+    for warning in warnings:
+        logger.warning(warning.message)
+        emitted.append(
+            emit_event(
+                event=warning.event,
+                resource={
+                    "prefect.resource.id": f"bedrock.batch.job.{warning.job_arn}",
+                    "prefect.resource.name": warning.job_name or warning.job_arn,
+                    "bedrock.model-id": warning.model_id,
+                    "bedrock.status": warning.status,
+                },
+                payload=asdict(warning),
+            )
+        )
+    return emitted

@@ -20,14 +20,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from tasks import answers, jobs
-from tasks.aws import client, join_s3
-from tasks.collect import ResultPart, collect_shard, mark_failed, result_part_name, write_result_part
+from tasks.aws import client, jobs, join_s3
 from tasks.concurrency import hold_slot
-from tasks.config import RunConfig
-from tasks.formats import resolve_family
+from tasks.core import answers
+from tasks.core.collect import ResultPart, collect_shard, mark_failed, result_part_name, write_result_part
+from tasks.core.config import RunConfig
+from tasks.core.formats import resolve_family
+from tasks.core.prepare import PreparedShard
 from tasks.logs import run_logger
-from tasks.prepare import PreparedShard
 from tasks.report import emit_job_event
 from tasks.steps import request_scope
 

@@ -14,11 +14,13 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import answers, harvest, jobs
-from tasks import cost as costs
-from tasks.answers import RequestScope
-from tasks.aws import client, join_s3, split_s3_uri, storage_options
-from tasks.collect import (
+from tasks import harvest
+from tasks.aws import client, jobs, join_s3, split_s3_uri, storage_options
+from tasks.aws.ondemand import invoke_rows
+from tasks.core import answers
+from tasks.core import cost as costs
+from tasks.core.answers import RequestScope
+from tasks.core.collect import (
     RESULTS_DIR,
     ResultPart,
     apply_repairs,
@@ -30,8 +32,8 @@ from tasks.collect import (
     write_result_part,
     write_results_manifest,
 )
-from tasks.config import RunConfig, config_from_params
-from tasks.formats import (
+from tasks.core.config import RunConfig, config_from_params
+from tasks.core.formats import (
     RETRYABLE_ERROR_CODES,
     InferenceSettings,
     ModelFamily,
@@ -39,13 +41,12 @@ from tasks.formats import (
     resolve_family,
     result_schema,
 )
+from tasks.core.plan import Quotas
+from tasks.core.prepare import PreparedRun, prepare_run
+from tasks.core.sources import RECORD_ID, SourceSpec, load_source
+from tasks.core.templates import PromptTemplate, load_template
 from tasks.logs import LOGGER_NAME, run_logger
-from tasks.ondemand import invoke_rows
-from tasks.plan import Quotas
-from tasks.prepare import PreparedRun, prepare_run
 from tasks.report import RunSummary, artifact_key
-from tasks.sources import RECORD_ID, SourceSpec, load_source
-from tasks.templates import PromptTemplate, load_template
 
 MAX_REPAIR_ROUNDS = 2  # rounds that may submit batch jobs (each one a batch wait, hours on AWS)
 # Records a repair may run again. `job_failed` is left out: its job already had `max_job_attempts` tries

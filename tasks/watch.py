@@ -16,9 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasks.aws import client
-from tasks.config import RunConfig
-from tasks.jobs import IN_FLIGHT
-from tasks.monitoring import emit_job_warning_events, job_warnings, read_batch_metrics
+from tasks.aws.cloudwatch import read_batch_metrics
+from tasks.aws.jobs import IN_FLIGHT
+from tasks.core.config import RunConfig
+from tasks.core.job_warnings import job_warnings
+from tasks.report import emit_job_warning_events
 
 _LABELS = {
     "NumberOfRecordsPendingProcessing": "records pending",

@@ -1,14 +1,14 @@
-"""A throwaway model family, written the way a new `tasks/families/<name>.py` module would be.
+"""A throwaway model family, written the way a new `tasks/core/families/<name>.py` module would be.
 
-`tests/test_families.py` registers it (`tasks.families.register(FAMILY)`) and drives it through the
-`tasks.formats` facade only, to show that a family is this one module: nothing else changes.
+`tests/test_families.py` registers it (`tasks.core.families.register(FAMILY)`) and drives it through the
+`tasks.core.formats` facade only, to show that a family is this one module: nothing else changes.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from tasks.families.base import FamilySpec, InferenceSettings, lit_int, sampling
+from tasks.core.families.base import FamilySpec, InferenceSettings, lit_int, sampling
 
 
 def model_input(s: InferenceSettings, prompt: pl.Expr) -> pl.Expr:

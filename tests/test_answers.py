@@ -8,9 +8,9 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks import answers
-from tasks.collect import echo_mismatches
-from tasks.formats import FAMILIES, InferenceSettings, model_input_dtype, request_line_expr
+from tasks.core import answers
+from tasks.core.collect import echo_mismatches
+from tasks.core.formats import FAMILIES, InferenceSettings, model_input_dtype, request_line_expr
 
 CLAUDE = FAMILIES["claude"]
 SETTINGS = InferenceSettings(max_tokens=64, temperature=0.5, system="be brief")

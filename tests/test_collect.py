@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.aws import AwsSettings, client, storage_options
-from tasks.collect import (
+from tasks.core.collect import (
     apply_repairs,
     collect_lines,
     collect_shard,
@@ -19,7 +19,7 @@ from tasks.collect import (
     read_results,
     write_results,
 )
-from tasks.formats import FAMILIES, result_schema
+from tasks.core.formats import FAMILIES, result_schema
 
 CLAUDE = FAMILIES["claude"]
 TITAN = FAMILIES["titan_embed"]

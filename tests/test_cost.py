@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tasks.cost import (
+from tasks.core.cost import (
     BudgetExceeded,
     DurationModel,
     Price,

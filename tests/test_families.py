@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import polars as pl
 import pytest
 
-from tasks import cost, families
-from tasks.config import RunConfig
-from tasks.formats import (
+from tasks.core import cost, families
+from tasks.core.config import RunConfig
+from tasks.core.formats import (
     FAMILIES,
     InferenceSettings,
     UnknownModelError,
@@ -25,8 +25,8 @@ from tasks.formats import (
     resolve_family,
     result_schema,
 )
-from tasks.model_ids import parse_model_id
-from tasks.templates import PromptTemplate
+from tasks.core.model_ids import parse_model_id
+from tasks.core.templates import PromptTemplate
 from tests import parrot_family
 
 
@@ -135,8 +135,8 @@ def test_from_options_and_with_template_are_resolve() -> None:
 @pytest.mark.parametrize("prompt_id", ["question_answering", "joke_about_topic", None])
 def test_the_flow_settings_are_resolve(options: dict, prompt_id: str | None) -> None:
     """`steps.inference_settings` agrees with the one call that is to replace its body."""
+    from tasks.core.templates import load_template
     from tasks.steps import inference_settings
-    from tasks.templates import load_template
 
     cfg = RunConfig(model_id="anthropic.claude-3-haiku-20240307-v1:0", input_path="x.csv", **options)
     template = load_template(prompt_id=prompt_id) if prompt_id else None

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.formats import (
+from tasks.core.formats import (
     FAMILIES,
     RETRYABLE_ERROR_CODES,
     InferenceSettings,
@@ -21,7 +21,7 @@ from tasks.formats import (
     parse_output_lines,
     resolve_family,
 )
-from tasks.templates import PromptTemplate
+from tasks.core.templates import PromptTemplate
 
 
 @pytest.mark.parametrize(

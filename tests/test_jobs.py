@@ -7,8 +7,7 @@ import re
 import botocore.loaders
 import pytest
 
-from tasks import jobs
-from tasks.aws import client
+from tasks.aws import client, jobs
 
 _shapes = botocore.loaders.Loader().load_service_model("bedrock", "service-2")["shapes"]
 JOB_NAME = re.compile(_shapes["ModelInvocationJobName"]["pattern"])

@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks import monitoring
+from tasks import monitoring, report
 from tasks.aws import client
-from tasks.monitoring import (
+from tasks.aws.cloudwatch import (
+    BATCH_METRICS,
     INPUT_TOKENS_PER_MINUTE,
     NAMESPACE,
     OUTPUT_TOKENS_PER_MINUTE,
@@ -22,11 +23,11 @@ from tasks.monitoring import (
     TOKENS_PENDING,
     create_alarms,
     create_dashboard,
-    emit_job_warning_events,
-    job_warnings,
     read_batch_metrics,
     stalled_alarm,
 )
+from tasks.core.job_warnings import job_warnings
+from tasks.report import emit_job_warning_events
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 HOUR = 3600
@@ -147,7 +148,7 @@ def test_create_dashboard_puts_the_four_metrics_and_the_alarms(aws, model_id):
     body = json.loads(client("cloudwatch", aws).get_dashboard(DashboardName=name)["DashboardBody"])
     assert name.startswith("proj-") and set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-_")
     plotted = [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
-    assert sorted(m[1] for m in plotted) == sorted(monitoring.BATCH_METRICS)
+    assert sorted(m[1] for m in plotted) == sorted(BATCH_METRICS)
     assert {tuple(m[2:]) for m in plotted} == {("ModelId", model_id)}
     assert [w["properties"]["alarms"] for w in body["widgets"] if w["type"] == "alarm"] == [arns]
 
@@ -162,7 +163,7 @@ def test_cli_creates_alarms_and_dashboard_through_the_endpoint(aws, model_id, mo
     client("cloudwatch", aws).get_dashboard(DashboardName=out["dashboard"])  # raises if missing
 
     assert monitoring.main(["metrics", "--model-id", model_id]) == 0
-    assert json.loads(capsys.readouterr().out) == dict.fromkeys(monitoring.BATCH_METRICS)
+    assert json.loads(capsys.readouterr().out) == dict.fromkeys(BATCH_METRICS)
 
 
 # --- stuck and expiring jobs ------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def test_iso_strings_and_naive_times_are_read_as_utc():
 
 def test_warnings_are_logged_and_emitted_as_prefect_events(monkeypatch, caplog):
     sent: list[dict] = []
-    monkeypatch.setattr(monitoring, "emit_event", lambda **kwargs: sent.append(kwargs) or kwargs)
+    monkeypatch.setattr(report, "emit_event", lambda **kwargs: sent.append(kwargs) or kwargs)
     warnings = job_warnings(job("Scheduled", submitted_h_ago=23, expires_in_h=1), NOW)
 
     with caplog.at_level("WARNING", logger="bedrock_batch_flows"):

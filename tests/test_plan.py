@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tasks.plan import PlanError, Quotas, ShardPlan, plan_shards
+from tasks.core.plan import PlanError, Quotas, ShardPlan, plan_shards
 
 
 def assert_valid(plan: ShardPlan, sizes: np.ndarray, quotas: Quotas, max_records: int | None = None) -> None:

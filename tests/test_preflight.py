@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.config import RunConfig
-from tasks.preflight import RunRefused, check_bucket, check_model, check_role, check_source, refusal
+from tasks.aws.preflight import RunRefused, check_bucket, check_model, check_role, check_source, refusal
+from tasks.core.config import RunConfig
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 

@@ -8,13 +8,13 @@ import json
 import polars as pl
 import pytest
 
-from tasks.answers import request_key
 from tasks.aws import AwsSettings, client, storage_options
-from tasks.formats import FAMILIES, InferenceSettings
-from tasks.plan import Quotas
-from tasks.prepare import check_s3_uri, load_prepared, prepare_run
-from tasks.sources import SourceError, with_record_id
-from tasks.templates import PromptTemplate, TemplateError, load_template
+from tasks.core.answers import request_key
+from tasks.core.formats import FAMILIES, InferenceSettings
+from tasks.core.plan import Quotas
+from tasks.core.prepare import check_s3_uri, load_prepared, prepare_run
+from tasks.core.sources import SourceError, with_record_id
+from tasks.core.templates import PromptTemplate, TemplateError, load_template
 
 JOKE = load_template("joke_about_topic")
 SMALL = Quotas(min_records=10, max_records=100, slots=4)
@@ -186,7 +186,7 @@ def test_staging_in_row_chunks_changes_nothing_but_memory(
     aws: AwsSettings, bucket: str, tmp_path, monkeypatch: pytest.MonkeyPatch, fmt: str  # type: ignore[no-untyped-def]
 ) -> None:
     """Prepare stages STAGE_CHUNK_ROWS rows per sink (peak RSS flat in N): the shards must not notice."""
-    import tasks.prepare as prepare
+    import tasks.core.prepare as prepare
 
     frame = pl.DataFrame({"topic": [None if i % 13 == 0 else f"topic {i}" for i in range(437)]})
     path = tmp_path / f"topics.{fmt}"

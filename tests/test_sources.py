@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from tasks.aws import AwsSettings, client
-from tasks.sources import SourceError, SourceSpec, load_source, validate_source
+from tasks.core.sources import SourceError, SourceSpec, load_source, validate_source
 
 ROWS = {"topic": ["cats", "dogs", "owls"], "n": [1, 2, 3]}
 

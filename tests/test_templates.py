@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.templates import (
+from tasks.core.templates import (
     PromptTemplate,
     TemplateError,
     list_templates,

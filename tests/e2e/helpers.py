@@ -22,7 +22,7 @@ CREATE = "CreateModelInvocationJob"
 def read_output(results_uri: str, aws: Any = None) -> pl.DataFrame:
     """A run's output: the result parts its `results/manifest.json` lists, as one frame."""
     from tasks.aws import storage_options
-    from tasks.collect import result_part_uris
+    from tasks.core.collect import result_part_uris
 
     return pl.read_parquet(result_part_uris(results_uri, aws), storage_options=storage_options(aws))
 

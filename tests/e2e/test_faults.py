@@ -114,7 +114,7 @@ def job_stem(params: dict[str, Any], shard: int, attempt: int | None = None) -> 
     """The part of a job's name that picks one shard (and attempt) of this run: `<key8>-0002-a1-`.
 
     Fault knobs (`fail_jobs_matching`...) match on it, so a fault hits this run and no other."""
-    from tasks.config import config_from_params
+    from tasks.core.config import config_from_params
 
     stem = f"{config_from_params(params).key[:8]}-{shard:04d}-"
     return stem + (f"a{attempt}-" if attempt is not None else "")
@@ -123,7 +123,7 @@ def job_stem(params: dict[str, Any], shard: int, attempt: int | None = None) -> 
 def run_flow(emulator: Any, params: dict[str, Any]) -> Run:
     """The flow in this process, on the session's Prefect API and the emulator."""
     from flows.batch_inference import batch_inference
-    from tasks.config import config_from_params
+    from tasks.core.config import config_from_params
 
     before = len(emulator.calls())
     state = batch_inference(**params, return_state=True)
@@ -363,7 +363,7 @@ def test_malformed_lines_a_missing_output_file_and_a_missing_manifest_are_report
     prefect_api: str, emulator: Any, bucket: str, topics: tuple[Path, list[str]],
     broken_outputs: Callable[[str], None],
 ) -> None:
-    from tasks.config import config_from_params
+    from tasks.core.config import config_from_params
 
     path, ids = topics
     params = flow_params(bucket, path, "broken", repair_failed=False)  # keep the marks to look at them

@@ -102,7 +102,7 @@ def run_refused(emulator: Any, run_params: dict[str, Any]) -> Refused:
 
 def assert_refused(run: Refused, fragments: list[str]) -> str:
     """Failed, with one line that is the refusal's text; nothing paid for, no limit created."""
-    from tasks.preflight import RunRefused
+    from tasks.aws.preflight import RunRefused
 
     assert run.state.is_failed(), run.state
     message = run.state.message

@@ -16,7 +16,7 @@ import polars as pl
 from botocore.exceptions import ClientError
 
 from tasks.aws import AwsSettings, client
-from tasks.formats import InferenceSettings, ModelFamily, invoke_request, parse_invoke_response
+from tasks.core.formats import InferenceSettings, ModelFamily, invoke_request, parse_invoke_response
 
 
 def invoke_rows(

@@ -1,6 +1,6 @@
 """Model families: how a prompt becomes a Bedrock request line and how an output line becomes a result row.
 
-This is the facade the project calls; each family's format lives in its own module of `tasks/families/`
+This is the facade the project calls; each family's format lives in its own module of `tasks/core/families/`
 (a `FamilySpec`: request expression, `modelOutput` type, extractors, on-demand call, defaults), and what
 is common to all of them (line encoding, robust decoding, error rows) lives here.
 
@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from tasks.families import (
+from tasks.core.families import (
     FAMILIES,
     InferenceSettings,
     ModelFamily,

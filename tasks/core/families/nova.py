@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import polars as pl
 
-from tasks.families.base import TEXT_BLOCKS, FamilySpec, InferenceSettings, join_text, lit_int, sampling, user_messages
+from tasks.core.families.base import (
+    TEXT_BLOCKS,
+    FamilySpec,
+    InferenceSettings,
+    join_text,
+    lit_int,
+    sampling,
+    user_messages,
+)
 
 
 def messages_body(s: InferenceSettings, prompt: pl.Expr, *, schema_version: bool) -> pl.Expr:
-    """Nova's body; without `schemaVersion` it is the Converse API's (`tasks.families.converse`)."""
+    """Nova's body; without `schemaVersion` it is the Converse API's (`tasks.core.families.converse`)."""
     fields: dict[str, pl.Expr] = {"schemaVersion": pl.lit("messages-v1")} if schema_version else {}
     fields["messages"] = user_messages(prompt, typed=False)
     if s.system is not None:

@@ -1,8 +1,8 @@
 """What every model family module builds on: the family spec, inference settings, shared expressions, the registry.
 
-A family module declares one `FamilySpec` named `FAMILY` (see `tasks/families/__init__.py`). Its parts:
+A family module declares one `FamilySpec` named `FAMILY` (see `tasks/core/families/__init__.py`). Its parts:
 
-- `matches(base_id)`: the lower-case `provider.model` ids it serves (`tasks.model_ids.parse_model_id`);
+- `matches(base_id)`: the lower-case `provider.model` ids it serves (`tasks.core.model_ids.parse_model_id`);
   None for a family chosen by the invocation type alone (`converse`). Matches must not overlap.
 - `model_input(settings, prompt)`: the `modelInput` struct as a Polars expression over the prompt column;
   optional parameters are left out, never sent as null (`sampling`).
@@ -217,7 +217,7 @@ class FamilySpec:
 # --------------------------------------------------------------------------------------------- registry
 
 _SPECS: dict[str, FamilySpec] = {}
-# name -> ModelFamily of every registered family; `tasks.formats.FAMILIES` is this same dict.
+# name -> ModelFamily of every registered family; `tasks.core.formats.FAMILIES` is this same dict.
 FAMILIES: dict[str, ModelFamily] = {}
 
 

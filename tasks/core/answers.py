@@ -24,7 +24,7 @@ import polars as pl
 import polars_hash  # noqa: F401  (registers the `chash` expression namespace: stable SHA-256 in Polars)
 
 from tasks.aws import AwsSettings, client, join_s3, split_s3_uri, storage_options
-from tasks.formats import ModelFamily, result_schema
+from tasks.core.formats import ModelFamily, result_schema
 
 KEY = "__request_key"  # in staged parts and snapshots
 CACHE_KEY = "request_key"  # in cache files

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import polars as pl
 
-from tasks.families.base import TEXT_BLOCKS, FamilySpec, InferenceSettings, join_text, lit_int, sampling, user_messages
+from tasks.core.families.base import (
+    TEXT_BLOCKS,
+    FamilySpec,
+    InferenceSettings,
+    join_text,
+    lit_int,
+    sampling,
+    user_messages,
+)
 
 
 def model_input(s: InferenceSettings, prompt: pl.Expr) -> pl.Expr:

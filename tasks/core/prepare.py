@@ -32,12 +32,12 @@ import numpy as np
 import polars as pl
 from boto3.s3.transfer import TransferConfig
 
-from tasks.answers import KEY, model_input_json_expr, request_key_expr
 from tasks.aws import AwsSettings, client, join_s3, split_s3_uri
-from tasks.formats import InferenceSettings, ModelFamily, model_input_expr, request_line_expr, request_line_from
-from tasks.plan import Quotas, ShardPlan, ShardSpec, plan_shards
-from tasks.sources import RECORD_ID, SourceError, check_ids
-from tasks.templates import PromptTemplate, render_prompts, select_input
+from tasks.core.answers import KEY, model_input_json_expr, request_key_expr
+from tasks.core.formats import InferenceSettings, ModelFamily, model_input_expr, request_line_expr, request_line_from
+from tasks.core.plan import Quotas, ShardPlan, ShardSpec, plan_shards
+from tasks.core.sources import RECORD_ID, SourceError, check_ids
+from tasks.core.templates import PromptTemplate, render_prompts, select_input
 
 log = logging.getLogger(__name__)
 MULTIPART_CHUNK_BYTES = 64 * 1024 * 1024
@@ -230,7 +230,7 @@ def prepare_run(
     `on_demand.parquet` holds input columns + the request's `prompt` and `line` (which replace input
     columns of the same names).
     With `max_num_jobs`, only the first rows that fit in that many shards are sent (`dropped_rows`).
-    Each valid row gets a request key (`tasks.answers`); rows whose key is in `answered` (the answer
+    Each valid row gets a request key (`tasks.core.answers`); rows whose key is in `answered` (the answer
     cache's keys) are not sent: they go to `cached.parquet` (input columns + key) and are answered from
     the cache at the end of the run. Snapshots and `on_demand.parquet` carry the key too.
     """
@@ -239,7 +239,7 @@ def prepare_run(
     settings = settings.with_template(template)
     columns = source.collect_schema().names()
     if RECORD_ID not in columns:
-        raise SourceError("the source has no record_id column; load it with tasks.sources.load_source")
+        raise SourceError("the source has no record_id column; load it with tasks.core.sources.load_source")
 
     def render(lf: pl.LazyFrame) -> pl.LazyFrame:
         if template is not None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import polars as pl
 
-from tasks.families import nova
-from tasks.families.base import FamilySpec, InferenceSettings
+from tasks.core.families import nova
+from tasks.core.families.base import FamilySpec, InferenceSettings
 
 _OUTPUT_KEYS = ("output", "stopReason", "usage")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from tasks.families.base import FamilySpec, InferenceSettings, lit_int, sampling
+from tasks.core.families.base import FamilySpec, InferenceSettings, lit_int, sampling
 
 
 def matches(base: str) -> bool:

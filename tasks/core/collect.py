@@ -20,11 +20,11 @@ import numpy as np
 import polars as pl
 from boto3.s3.transfer import TransferConfig
 
-from tasks import answers
-from tasks.answers import KEY, RequestScope
 from tasks.aws import AwsSettings, client, join_s3, split_s3_uri, storage_options
-from tasks.formats import ModelFamily, parse_output_bytes, parse_output_lines, result_schema
-from tasks.sources import RECORD_ID
+from tasks.core import answers
+from tasks.core.answers import KEY, RequestScope
+from tasks.core.formats import ModelFamily, parse_output_bytes, parse_output_lines, result_schema
+from tasks.core.sources import RECORD_ID
 
 RESULTS_DIR = "results"
 RESULTS_MANIFEST = "manifest.json"

@@ -1,8 +1,8 @@
 """Model families as a registry: one module per request/response format.
 
 Every module of this package (other than `base` and names starting with `_`) declares `FAMILY`, a
-`FamilySpec` (`tasks/families/base.py` lists its parts), and is registered when the package is imported.
-Adding a family is one new module here plus its tests; `tasks.formats` is the facade the rest of the
+`FamilySpec` (`tasks/core/families/base.py` lists its parts), and is registered when the package is imported.
+Adding a family is one new module here plus its tests; `tasks.core.formats` is the facade the rest of the
 project calls (`resolve_family`, `request_line_expr`, `parse_output_lines`, `invoke_request`...).
 A family defined elsewhere (a plug-in, a test) joins with `register(spec)`.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from tasks.families.base import (
+from tasks.core.families.base import (
     FAMILIES,
     TEMPLATE_SETTINGS,
     FamilySpec,
@@ -24,7 +24,7 @@ from tasks.families.base import (
     spec_of,
     unregister,
 )
-from tasks.model_ids import parse_model_id
+from tasks.core.model_ids import parse_model_id
 
 __all__ = [
     "FAMILIES",

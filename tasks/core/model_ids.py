@@ -1,6 +1,6 @@
 """Model ids: the one normaliser for a plain id, a geo inference-profile id or a Bedrock ARN.
 
-`tasks.families` picks a request format from it and `tasks.cost` a price row, so both read an id the
+`tasks.core.families` picks a request format from it and `tasks.core.cost` a price row, so both read an id the
 same way: `arn:aws:bedrock:us-east-1:123:inference-profile/us.anthropic.claude-...` is the
 `anthropic.claude-...` model through the `us` geography.
 """

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from tasks.aws import AwsSettings, join_s3
-from tasks.jobs import sanitize_prefix
+from tasks.aws.jobs import sanitize_prefix
 
 InvocationType = Literal["InvokeModel", "Converse"]
 
@@ -75,7 +75,7 @@ class RunConfig:
     extra_tags: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        from tasks.preflight import check_config  # the bounds live with the other pre-flight checks
+        from tasks.aws.preflight import check_config  # the bounds live with the other pre-flight checks
 
         check_config(self)  # raises RunRefused (a ValueError) naming the parameter and its bounds
 
@@ -113,7 +113,7 @@ class RunConfig:
     @property
     def cache_uri(self) -> str:
         """The answer cache of this model and invocation type under the output location."""
-        from tasks.answers import cache_uri
+        from tasks.core.answers import cache_uri
 
         return cache_uri(self.output_base, self.model_id, self.invocation_type)
 

@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 
 
 class TemplateError(ValueError):

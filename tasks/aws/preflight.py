@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from tasks.aws import client, join_s3, split_s3_uri
 
 if TYPE_CHECKING:
-    from tasks.config import RunConfig
+    from tasks.core.config import RunConfig
 
 ClientFactory = Callable[..., Any]
 
@@ -127,7 +127,7 @@ def check_role(cfg: RunConfig) -> None:
 
 def check_model(cfg: RunConfig, client_factory: ClientFactory = client) -> list[str]:
     """The model id or inference profile exists in the run's region and the flow can format its requests."""
-    from tasks.formats import UnknownModelError, resolve_family
+    from tasks.core.formats import UnknownModelError, resolve_family
 
     model_id = cfg.model_id.strip()
     region = cfg.aws.region
@@ -254,7 +254,7 @@ def check_source(cfg: RunConfig) -> None:
     """A file source can be read and has a first row (a Hugging Face dataset is checked by prepare)."""
     import polars as pl
 
-    from tasks.sources import SourceError, SourceSpec, load_source
+    from tasks.core.sources import SourceError, SourceSpec, load_source
 
     if cfg.dataset_id:
         return

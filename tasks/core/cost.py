@@ -23,9 +23,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from tasks.model_ids import parse_model_id
+from tasks.core.model_ids import parse_model_id
 
-PRICES_PATH = Path(__file__).resolve().parent.parent / "deployments" / "prices.json"
+PRICES_PATH = Path(__file__).resolve().parents[2] / "deployments" / "prices.json"
 
 # Generations usually stop well before max_tokens; half the bound is a planning figure, not a fact.
 # Calibrate it from a finished run with `observed_output_ratio(manifests, records, max_tokens)`.
@@ -84,7 +84,7 @@ def normalize_model_id(model_id: str) -> tuple[str, bool]:
     """(`provider.model...` id, whether it goes through a global profile) from an id, profile id or ARN.
 
     `arn:aws:bedrock:us-east-1:123:inference-profile/us.anthropic.claude-...` -> `anthropic.claude-...`.
-    The same reading of ids as the model families' (`tasks.model_ids.parse_model_id`).
+    The same reading of ids as the model families' (`tasks.core.model_ids.parse_model_id`).
     """
     ref = parse_model_id(model_id)
     return ref.base, ref.is_global
@@ -193,7 +193,7 @@ def estimate(
 
     `input_tokens` is the run's total input-token estimate; `max_output_tokens` the per-record cap
     (0 for embeddings). Output bound = records x cap; expected = bound x `expected_output_ratio`.
-    Quota figures only produce warnings: planning shards is `tasks.plan`'s job.
+    Quota figures only produce warnings: planning shards is `tasks.core.plan`'s job.
     """
     if total_records < 0 or input_tokens < 0 or max_output_tokens < 0:
         raise ValueError("records and token counts must be >= 0")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from tasks.families import mistral_chat
-from tasks.families.base import FamilySpec, InferenceSettings, lit_int, sampling
+from tasks.core.families import mistral_chat
+from tasks.core.families.base import FamilySpec, InferenceSettings, lit_int, sampling
 
 
 def model_input(s: InferenceSettings, prompt: pl.Expr) -> pl.Expr:
