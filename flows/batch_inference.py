@@ -8,17 +8,13 @@ offline against the bundled emulator).
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect import flow, get_run_logger
 from prefect.states import Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.aws.preflight import refusal, run_checks
-from tasks.concurrency import ensure_limit, limit_name, mark_process_alive, reclaim_orphaned_slots, waiting_tasks
+from tasks.aws.preflight import refusal
+from tasks.concurrency import mark_process_alive
 from tasks.core import cost as costs
 from tasks.core.config import InvocationType, RunConfig, config_from_params
-from tasks.core.prepare import PreparedRun
 from tasks.report import (
     RunProgress,
     RunSummary,
@@ -27,63 +23,14 @@ from tasks.report import (
     publish_metrics,
     publish_results,
 )
-from tasks.shard_job import JobResult, ShardOutcome, collect_job_task, run_job_task
-from tasks.steps import (
-    RunFailed,
-    adopt_earlier_jobs,
-    estimate_run,
-    finalize,
-    prepare,
-    repair,
-    stop_run_jobs,
-)
+from tasks.steps.cancel import stop_run_jobs
+from tasks.steps.finalize import RunFailed, finalize
+from tasks.steps.prepare import adopt_earlier_jobs, estimate_run, preflight, prepare
+from tasks.steps.repair import repair
+from tasks.steps.run_jobs import run_jobs
 from tasks.watch import RunWatcher
 
 DEFAULT_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
-
-
-def run_shards(prepared: PreparedRun, cfg: RunConfig, progress: RunProgress | None) -> list[ShardOutcome]:
-    """Map one job task per shard under the model's concurrency limit; collect each as soon as it ends.
-
-    Job threads are the slots plus a few tasks already waiting for one, so a freed slot is taken within
-    a second (`hold_slot`) rather than after a new task run has started; collection has its own threads.
-    """
-    if not prepared.shards:
-        return []
-    limit = limit_name(cfg.model_id, cfg.aws.region)
-    ensure_limit(limit, cfg.max_concurrent_jobs)
-    reclaim_orphaned_slots(limit)
-    outcomes: list[ShardOutcome] = []
-    threads = cfg.max_concurrent_jobs + waiting_tasks(cfg.max_concurrent_jobs)
-    with ThreadPoolTaskRunner(max_workers=threads) as job_runner, \
-            ThreadPoolTaskRunner(max_workers=2) as collect_runner:
-        shard_of: dict[Any, Any] = {}
-        for shard in prepared.shards:
-            future = job_runner.submit(run_job_task, {"shard": shard, "cfg": cfg, "limit": limit,
-                                                     "run_uri": prepared.run_uri, "progress": progress})
-            shard_of[future] = shard
-        collecting = []
-        for future in as_completed(list(shard_of)):
-            shard = shard_of[future]
-            try:
-                job = future.result()
-            except Exception as err:  # refused for good (validation, access): its rows are marked, not lost
-                job = JobResult(shard=shard.name, status="Failed", message=f"{type(err).__name__}: {err}")
-            collecting.append(collect_runner.submit(
-                collect_job_task, {"shard": shard, "job": job, "cfg": cfg, "run_uri": prepared.run_uri,
-                                   "progress": progress}))
-        outcomes = [f.result() for f in collecting]
-    # In shard order, not completion order: repair rounds built from these get the same shards, hence
-    # the same job names, on every run and on a resume (a job is never submitted twice for them).
-    order = {shard.name: i for i, shard in enumerate(prepared.shards)}
-    return sorted(outcomes, key=lambda o: order[o.shard])
-
-
-@task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
-def preflight(cfg: RunConfig) -> None:
-    """Refuse a run that cannot work before anything is uploaded or created (tasks/aws/preflight.py)."""
-    for warning in run_checks(cfg):
-        get_run_logger().warning("pre-flight: %s", warning)
 
 
 def refused(err: ValueError) -> State:
@@ -168,8 +115,8 @@ def batch_inference(
                            jobs_key=artifact_key(cfg.prefix, "jobs"), model_id=cfg.model_id)
     progress.expect([s.name for s in prepared.shards])
     with RunWatcher(cfg, log, interval_s=min(cfg.poll_interval_s, 60.0)) as watcher:
-        outcomes = run_shards(prepared, cfg, progress)
-        repaired, repair_jobs = repair(outcomes, prepared, cfg, run_shards) if cfg.repair_failed else (None, 0)
+        outcomes = run_jobs(prepared, cfg, progress)
+        repaired, repair_jobs = repair(outcomes, prepared, cfg) if cfg.repair_failed else (None, 0)
     publish_metrics(watcher.history, artifact_key(cfg.prefix, "cloudwatch"))
     summary, parts = finalize(outcomes, repaired, prepared, cfg, elapsed_s=time.monotonic() - started,
                               repair_jobs=repair_jobs, adopted=adopted)

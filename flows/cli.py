@@ -219,7 +219,7 @@ def run(params: dict[str, Any], args: argparse.Namespace, debug: bool) -> int:
     from flows.batch_inference import batch_inference
     from tasks.aws.preflight import RunRefused
     from tasks.report import RunSummary, summary_text
-    from tasks.steps import RunFailed
+    from tasks.steps.finalize import RunFailed
 
     try:
         preflight(params)  # before the flow: a refused run starts no Prefect server and logs nothing

@@ -134,9 +134,9 @@ def test_from_options_and_with_template_are_resolve() -> None:
 )
 @pytest.mark.parametrize("prompt_id", ["question_answering", "joke_about_topic", None])
 def test_the_flow_settings_are_resolve(options: dict, prompt_id: str | None) -> None:
-    """`steps.inference_settings` agrees with the one call that is to replace its body."""
+    """`settings.inference_settings` agrees with the one call that is to replace its body."""
+    from tasks.core.settings import inference_settings
     from tasks.core.templates import load_template
-    from tasks.steps import inference_settings
 
     cfg = RunConfig(model_id="anthropic.claude-3-haiku-20240307-v1:0", input_path="x.csv", **options)
     template = load_template(prompt_id=prompt_id) if prompt_id else None

@@ -179,7 +179,7 @@ def test_polling_rides_out_an_outage_and_returns_the_terminal_state() -> None:
 
 
 def test_an_earlier_run_that_died_submitting_has_its_job_found_by_name_and_adopted(aws, bucket) -> None:
-    from tasks import harvest
+    from tasks.aws import harvest
 
     s3, uri = client("s3", aws), f"s3://{bucket}/run/ledger/shard-0001-cccc.json"
     identity = jobs.job_identity("p", "run1", "shard-0001", "c" * 64, 1)

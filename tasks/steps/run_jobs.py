@@ -1,9 +1,12 @@
-"""One shard's life as two Prefect tasks: hold a slot, submit once, watch, release; then collect.
+"""The "run jobs" step: one `run-job` task per shard, mapped under the model's concurrency limit, and a
+`collect-job` task for each as soon as its job ends.
 
-The slot is the job's from submission until its terminal state (Bedrock counts Submitted..Stopping jobs
-against the quota); collection is a separate task on its own threads, so a freed slot and its worker
-thread go to the next shard at once.
-A `Failed` or `Expired` job is resubmitted under the next attempt's name, up to `max_job_attempts`.
+A shard's life: wait for a slot, submit once, watch, release; then collect. The slot is the job's from
+submission until its terminal state (Bedrock counts Submitted..Stopping jobs against the quota);
+collection is a separate task, so a freed slot goes to the next shard at once. A `Failed` or `Expired`
+job is resubmitted under the next attempt's name, up to `max_job_attempts`. Once the flow run is
+Cancelling no job is submitted, and a task waiting for a slot or for its job ends Cancelled (the
+cancellation hook, `tasks/steps/cancel.py`, stops the jobs and collects what they produced).
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from prefect.futures import as_completed
+from prefect.states import Cancelled, State
+from prefect.utilities.annotations import unmapped
 
 from tasks.aws import client, jobs, join_s3
-from tasks.concurrency import hold_slot
+from tasks.concurrency import SlotWaitCancelled, ensure_limit, hold_slot, limit_name, reclaim_orphaned_slots
 from tasks.core import answers
 from tasks.core.collect import ResultPart, collect_shard, mark_failed, result_part_name, write_result_part
 from tasks.core.config import RunConfig
 from tasks.core.formats import resolve_family
-from tasks.core.prepare import PreparedShard
+from tasks.core.prepare import PreparedRun, PreparedShard
+from tasks.core.settings import request_scope
 from tasks.logs import run_logger
 from tasks.report import emit_job_event
-from tasks.steps import request_scope
 
 
 @dataclass
@@ -79,8 +85,24 @@ def shard_ledger_uri(run_uri: str, shard: PreparedShard) -> str:
     return join_s3(run_uri, "ledger", f"{shard.stem}.json")
 
 
-def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, progress: Any = None) -> JobResult:
-    """Drive `shard`'s job to a terminal state while holding one slot of `limit`."""
+CANCELLED = "cancelled"  # the status of a shard whose run was cancelled before its job ended, and its rows' error_code
+
+
+def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str,
+            progress: Any = None) -> JobResult | State:
+    """Drive `shard`'s job to a terminal state while holding one slot of `limit`.
+
+    Returns a Cancelled state (the task run ends Cancelled) when the flow run is cancelled while it
+    waits for a slot or for its job; once Cancelling, nothing is submitted.
+    """
+    try:
+        return _run_job(shard, cfg, limit, run_uri, progress)
+    except (SlotWaitCancelled, jobs.Cancelled) as err:
+        run_logger().info("%s: run cancelled (%s)", shard.name, err)
+        return Cancelled(message=f"{shard.name}: {err}")
+
+
+def _run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, progress: Any) -> JobResult:
     log = run_logger()
     bedrock, s3 = client("bedrock", cfg.aws), client("s3", cfg.aws)
     ledger_uri, output_uri = shard_ledger_uri(run_uri, shard), join_s3(run_uri, "jobs", shard.stem) + "/"
@@ -135,6 +157,8 @@ def run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, prog
                 progress.waiting(shard.name)
 
         with hold_slot(limit, task_run_id=task_run_id, lease_s=cfg.lease_s, should_stop=stop, on_wait=on_wait):
+            if stop(0.0):  # asked now, not from the cache: a slot taken after Cancelling submits nothing
+                raise SlotWaitCancelled(f"cancelled before submitting {identity.job_name}")
             arn, attached = jobs.submit_once(
                 bedrock, s3, spec=spec, identity=identity, ledger_uri=ledger_uri, shard=shard.name,
                 on_quota_wait=log.warning,
@@ -166,22 +190,22 @@ _cancel_lock = threading.Lock()
 CANCEL_CHECK_S = 2.0
 
 
-def cancel_requested(flow_run_id: Any) -> Callable[[], bool]:
+def cancel_requested(flow_run_id: Any) -> Callable[..., bool]:
     """`should_stop` for a poll loop: True once the flow run is Cancelling (or Cancelled).
 
     Polling threads would otherwise hold the run's process open until their jobs end, so a cancelled
-    run would not exit (nor its hooks stop the jobs) for hours. One API read per `CANCEL_CHECK_S` per
-    flow run, shared by every shard thread of the process.
+    run would not exit (nor its hooks stop the jobs) for hours. One API read per `max_age_s` (default
+    `CANCEL_CHECK_S`) per flow run, shared by every shard thread of the process; `check(0)` asks now.
     """
     if flow_run_id is None:
-        return lambda: False
+        return lambda max_age_s=CANCEL_CHECK_S: False
     key = str(flow_run_id)
 
-    def check() -> bool:
+    def check(max_age_s: float = CANCEL_CHECK_S) -> bool:
         now = time.monotonic()
         with _cancel_lock:
             last, cancelled = _cancel_checks.get(key, (0.0, False))
-            if cancelled or now - last < CANCEL_CHECK_S:
+            if cancelled or now - last < max_age_s:
                 return cancelled
             _cancel_checks[key] = (now, False)
         try:
@@ -212,8 +236,12 @@ def run_uri_key(cfg: RunConfig, run_uri: str) -> str:
 
 
 def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: str,
-                progress: Any = None) -> ShardOutcome:
-    """Join the job's outputs back to the shard's input rows; a failed job marks every row."""
+                progress: Any = None, missing_code: str | None = None) -> ShardOutcome:
+    """Join the job's outputs back to the shard's input rows; a failed job marks every row.
+
+    `missing_code` is the error of records a collectable job has no output for (default: `missing`, or
+    `expired` for an Expired job; the cancellation hook says `cancelled`).
+    """
     log = run_logger()
     aws = cfg.aws
     family = resolve_family(cfg.model_id, cfg.invocation_type)
@@ -223,7 +251,7 @@ def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: s
             family=family,
             output_prefix_uri=join_s3(run_uri, "jobs", shard.stem, jobs.job_id_from_arn(job.job_arn)) + "/",
             snapshot_uri=shard.snapshot_uri, input_file_name=shard.input_file_name, aws=aws,
-            missing_code="expired" if job.status == "Expired" else "missing", job_name=job.job_name,
+            missing_code=missing_code or ("expired" if job.status == "Expired" else "missing"), job_name=job.job_name,
             scope=request_scope(cfg),
         )
         frame, outcome.manifest, outcome.problems = result.frame, result.manifest, list(result.problems)
@@ -233,10 +261,14 @@ def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: s
         answers.store(cfg.cache_uri, jobs.job_id_from_arn(job.job_arn), result.answers, aws)
         jobs.mark_harvested(client("s3", aws), shard_ledger_uri(run_uri, shard), shard.name, job.job_arn)
     else:
-        code = "expired" if job.status == "Expired" else "job_failed"
-        message = f"job {job.job_name} ended {job.status}: {job.message or 'no message'}"
-        frame = mark_failed(shard.snapshot_uri, code, message, family, aws)
-        log.error("%s: %s after %d attempt(s)", shard.name, message, job.attempts)
+        if job.status == CANCELLED:
+            message = job.message or "the run was cancelled before this shard's job ended"
+            frame = mark_failed(shard.snapshot_uri, CANCELLED, message, family, aws)
+        else:
+            code = "expired" if job.status == "Expired" else "job_failed"
+            message = f"job {job.job_name} ended {job.status}: {job.message or 'no message'}"
+            frame = mark_failed(shard.snapshot_uri, code, message, family, aws)
+            log.error("%s: %s after %d attempt(s)", shard.name, message, job.attempts)
     _count(outcome, frame)
     # Written now, not at the end: a shard that is done keeps its output whatever happens later.
     outcome.part = write_result_part(frame, run_uri, result_part_name(shard.index), aws)
@@ -294,3 +326,34 @@ collect_job_task = task(
     cache_policy=NO_CACHE,
     persist_result=False,
 )
+
+
+def run_jobs(prepared: PreparedRun, cfg: RunConfig, progress: Any = None) -> list[ShardOutcome]:
+    """The step: map one `run-job` task per shard on the flow's task runner; collect each as it ends.
+
+    Every shard's task starts at once and waits for a slot in `hold_slot` (shown as `waiting` in the
+    jobs table), so a freed slot is taken within a second. Returns the outcomes in shard order, not
+    completion order: repair rounds built from them get the same shards, hence the same job names, on
+    every run and on a resume (a job is never submitted twice for them).
+    """
+    if not prepared.shards:
+        return []
+    limit = limit_name(cfg.model_id, cfg.aws.region)
+    ensure_limit(limit, cfg.max_concurrent_jobs)
+    reclaim_orphaned_slots(limit)
+    futures = run_job_task.map(prepared.shards, cfg=unmapped(cfg), limit=unmapped(limit),
+                               run_uri=unmapped(prepared.run_uri), progress=unmapped(progress))
+    shard_of = dict(zip(futures, prepared.shards, strict=True))
+    collecting = []
+    for future in as_completed(list(futures)):
+        shard = shard_of[future]
+        try:
+            job = future.result()
+        except Exception as err:  # refused for good (validation, access) or cancelled: rows marked, not lost
+            cancelled = future.state.is_cancelled()
+            job = JobResult(shard=shard.name, status=CANCELLED if cancelled else "Failed",
+                            message=future.state.message if cancelled else f"{type(err).__name__}: {err}")
+        collecting.append(collect_job_task.submit(shard, job, cfg, prepared.run_uri, progress))
+    outcomes = [f.result() for f in collecting]
+    order = {shard.name: i for i, shard in enumerate(prepared.shards)}
+    return sorted(outcomes, key=lambda o: order[o.shard])

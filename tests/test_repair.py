@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.steps import batchable_records
+from tasks.core.repair import batchable_records
 
 
 @pytest.mark.parametrize(
