@@ -1,26 +1,54 @@
-"""The model's concurrency limit on a real Prefect API: a waiting shard takes a freed slot, and stops
-waiting when its run is cancelled."""
+"""The model's concurrency limit and each run's cap, on a real Prefect API.
+
+- the limit is the operator's: created at the default only when missing, never resized by a run;
+- a run's cap bounds its own slots while other runs take the rest of the limit;
+- a waiting shard takes a freed slot at once, and stops waiting when its run is cancelled;
+- a dead process's slots come back through the local lease journal (flows/local/leases.py);
+- two concurrent flow runs capped at 1 and 6 under an operator's limit of 4.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tasks.concurrency import SlotWaitCancelled, active_slots, ensure_limit, hold_slot
+from tasks.concurrency import DEFAULT_LIMIT, SlotWaitCancelled, active_slots, ensure_limit, hold_slot
 
 pytestmark = pytest.mark.e2e
 
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
 
-def _waiter(limit: str, **kwargs: Any) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+
+def _limit(name: str) -> tuple[int, int]:
+    """(size, slots in use) of the limit, read through the API."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        found = client.read_global_concurrency_limit_by_name(name)
+    return int(found.limit), int(found.active_slots)
+
+
+def _waiter(limit: str, hold: threading.Event | None = None,
+            **kwargs: Any) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+    """A shard's thread waiting for a slot; it holds the slot until `hold` is set (if given)."""
     acquired, errors = threading.Event(), []
 
     def wait() -> None:
         try:
             with hold_slot(limit, task_run_id=None, **{"retry_s": 0.2, **kwargs}):
                 acquired.set()
+                if hold is not None:
+                    hold.wait(60)
         except BaseException as err:
             errors.append(err)
 
@@ -29,29 +57,100 @@ def _waiter(limit: str, **kwargs: Any) -> tuple[threading.Thread, threading.Even
     return thread, acquired, errors
 
 
-def test_a_waiting_shard_takes_the_slot_its_neighbour_frees_at_once(prefect_api: str) -> None:
-    limit = f"test-refill-{uuid.uuid4().hex[:8]}"
-    ensure_limit(limit, 1)
-    with hold_slot(limit, task_run_id=None):
-        thread, acquired, errors = _waiter(limit, retry_s=600)  # only a wake-up can make it in time
-        assert not acquired.wait(1.0), "the waiter got a slot the limit does not have"
-        assert active_slots(limit) == 1
-    thread.join(30)
+@pytest.fixture
+def fresh_limit(prefect_api: str) -> Iterator[str]:
+    name = f"test-limit-{uuid.uuid4().hex[:8]}"
+    yield name
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_global_concurrency_limit_by_name(name)
+        except Exception:
+            pass
+
+
+def _operator(*args: str) -> None:
+    """What an operator types: `prefect gcl ...` against the session's API."""
+    env = {**os.environ, "PREFECT_API_URL": os.environ.get("PREFECT_API_URL", "")}
+    from prefect.settings import PREFECT_API_URL
+
+    env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
+    done = subprocess.run([PREFECT, "gcl", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_run_creates_the_limit_at_the_default_only_when_missing_and_never_resizes_it(fresh_limit: str) -> None:
+    assert ensure_limit(fresh_limit) == DEFAULT_LIMIT
+    assert _limit(fresh_limit) == (DEFAULT_LIMIT, 0)
+    _operator("update", fresh_limit, "--limit", "4")
+    assert ensure_limit(fresh_limit, default=7) == 4  # the operator's size stands
+    assert _limit(fresh_limit) == (4, 0)
+
+
+def test_a_run_cap_bounds_its_own_slots_while_another_run_takes_the_rest(fresh_limit: str) -> None:
+    ensure_limit(fresh_limit, default=4)
+    capped = {"run": f"run-a-{fresh_limit}", "cap": 1, "retry_s": 600}  # a wake-up lets its waiter in
+    first_in, release_first, holder_done = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_first() -> None:
+        with hold_slot(fresh_limit, task_run_id=None, **capped):
+            first_in.set()
+            release_first.wait(60)
+        holder_done.set()
+
+    # Run A: one slot held, a second shard waits for A's cap (not for the model's limit).
+    holder = threading.Thread(target=hold_first, daemon=True)
+    holder.start()
+    assert first_in.wait(30)
+    reasons: list[str] = []
+    told = threading.Event()
+    second, second_in, second_errors = _waiter(
+        fresh_limit, **capped, on_wait=lambda reason: (reasons.append(reason), told.set()))
+    assert told.wait(30) and "run's own 1 slot" in reasons[0]
+    # Run B (cap 6) gets the three slots A leaves of the limit's four, and no more.
+    release_b = threading.Event()
+    b_in = [_waiter(fresh_limit, hold=release_b, run=f"run-b-{fresh_limit}", cap=6) for _ in range(3)]
+    for _, acquired, _ in b_in:
+        assert acquired.wait(30)
+    assert _limit(fresh_limit) == (4, 4) and not second_in.is_set()
+    # A fourth shard of B waits for the model's limit, though B is under its own cap.
+    told_b = threading.Event()
+    b_reasons: list[str] = []
+    fourth, fourth_in, _ = _waiter(fresh_limit, hold=release_b, run=f"run-b-{fresh_limit}", cap=6,
+                                   on_wait=lambda reason: (b_reasons.append(reason), told_b.set()))
+    assert told_b.wait(30) and f"all slots of {fresh_limit}" in b_reasons[0] and not fourth_in.is_set()
+    release_first.set()  # A's slot goes to A's waiter or to B's fourth: either way within both bounds
+    assert holder_done.wait(30)
+    release_b.set()
+    for thread, acquired, errors in [(second, second_in, second_errors), *b_in, (fourth, fourth_in, [])]:
+        thread.join(30)
+        assert acquired.is_set() and not errors
+    assert _limit(fresh_limit) == (4, 0)
+
+
+def test_a_waiting_shard_takes_the_slot_its_neighbour_frees_at_once(fresh_limit: str) -> None:
+    ensure_limit(fresh_limit, default=1)
+    with hold_slot(fresh_limit, task_run_id=None):
+        told = threading.Event()
+        thread, acquired, errors = _waiter(fresh_limit, retry_s=600, on_wait=lambda _: told.set())
+        assert told.wait(30), "the waiter never found every slot taken"
+        assert not acquired.is_set() and active_slots(fresh_limit) == 1
+    thread.join(30)  # only a wake-up can make it in time (its retry is 600 s away)
     assert acquired.is_set() and not errors
-    assert active_slots(limit) == 0
+    assert active_slots(fresh_limit) == 0
 
 
-def test_a_cancelled_run_stops_waiting_for_a_slot_and_takes_none(prefect_api: str) -> None:
-    limit = f"test-cancel-{uuid.uuid4().hex[:8]}"
-    ensure_limit(limit, 1)
+def test_a_cancelled_run_stops_waiting_for_a_slot_and_takes_none(fresh_limit: str) -> None:
+    ensure_limit(fresh_limit, default=1)
     cancelled = threading.Event()
-    with hold_slot(limit, task_run_id=None):
-        thread, acquired, errors = _waiter(limit, should_stop=cancelled.is_set)
+    with hold_slot(fresh_limit, task_run_id=None):
+        thread, acquired, errors = _waiter(fresh_limit, should_stop=cancelled.is_set)
         cancelled.set()
         thread.join(30)
         assert not acquired.is_set() and [type(e) for e in errors] == [SlotWaitCancelled]
-        assert active_slots(limit) == 1  # only the holder's
-    assert active_slots(limit) == 0
+        assert active_slots(fresh_limit) == 1  # only the holder's
+    assert active_slots(fresh_limit) == 0
 
 
 def test_a_slot_freed_for_one_model_wakes_a_shard_of_that_model(prefect_api: str) -> None:
@@ -59,14 +158,69 @@ def test_a_slot_freed_for_one_model_wakes_a_shard_of_that_model(prefect_api: str
     that model's), while the other model's shard keeps waiting for its own."""
     first, second = (f"test-model-{name}-{uuid.uuid4().hex[:8]}" for name in ("a", "b"))
     for limit in (first, second):
-        ensure_limit(limit, 1)
+        ensure_limit(limit, default=1)
     with hold_slot(second, task_run_id=None):
-        other, other_acquired, other_errors = _waiter(second, retry_s=600)
+        told_other = threading.Event()
+        other, other_acquired, other_errors = _waiter(second, retry_s=600, on_wait=lambda _: told_other.set())
+        assert told_other.wait(30)
         with hold_slot(first, task_run_id=None):
-            waiter, acquired, errors = _waiter(first, retry_s=600)  # only a wake-up can make it in time
-            assert not acquired.wait(1.0)
-        waiter.join(30)
+            told = threading.Event()
+            waiter, acquired, errors = _waiter(first, retry_s=600, on_wait=lambda _: told.set())
+            assert told.wait(30)
+        waiter.join(30)  # only a wake-up can make it in time
         assert acquired.is_set() and not errors
         assert not other_acquired.is_set() and active_slots(second) == 1
     other.join(30)
     assert other_acquired.is_set() and not other_errors
+
+
+HOLD_A_SLOT = """
+import sys, threading
+import flows  # installs the lease journal, as every flow process does
+from tasks.concurrency import hold_slot
+with hold_slot(sys.argv[1], task_run_id=None):
+    print("held", flush=True)
+    threading.Event().wait()
+"""
+
+
+def test_a_killed_process_slot_comes_back_through_the_local_lease_journal(fresh_limit: str) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.local.leases import FileLeaseJournal
+
+    ensure_limit(fresh_limit, default=2)
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    child = subprocess.Popen([sys.executable, "-c", HOLD_A_SLOT, fresh_limit], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held", child.stderr
+        journal = FileLeaseJournal()
+        assert journal.reclaim() == 0 and active_slots(fresh_limit) == 1  # alive: its slot stays
+        child.kill()
+        child.wait(30)
+    finally:
+        child.kill()
+        child.wait(30)
+    assert active_slots(fresh_limit) == 1, "nothing but the journal gives a killed holder's slot back here"
+    assert journal.reclaim() == 1
+    assert active_slots(fresh_limit) == 0
+    assert journal.reclaim() == 0  # its journal is gone with it
+
+
+def _peak_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
+    """Most intervals open at one instant (an end and a start at the same instant do not overlap)."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+                   key=lambda edge: (edge[0], edge[1]))
+    peak = now = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def test_peak_overlap_counts_jobs_in_flight_together() -> None:
+    t = [datetime(2026, 1, 1, 0, 0, s) for s in range(6)]
+    assert _peak_overlap([(t[0], t[2]), (t[1], t[3]), (t[2], t[4])]) == 2
+    assert _peak_overlap([(t[0], t[1]), (t[1], t[2])]) == 1
+    assert _peak_overlap([(t[0], t[5]), (t[1], t[4]), (t[2], t[3])]) == 3
