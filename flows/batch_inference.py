@@ -12,7 +12,6 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
 from tasks.aws.preflight import refusal
-from tasks.concurrency import mark_process_alive
 from tasks.core import cost as costs
 from tasks.core.config import InvocationType, RunConfig, config_from_params
 from tasks.report import (
@@ -93,7 +92,6 @@ def batch_inference(
         cfg = config_from_params(locals())
         started = time.monotonic()
         log = get_run_logger()
-        mark_process_alive(_flow_run_id())
         log.info("run %s -> %s", cfg.key, cfg.run_uri)
 
         preflight(cfg)  # first: nothing is uploaded, created or submitted for a run it refuses
@@ -129,12 +127,6 @@ def batch_inference(
     if summary.failed_jobs:
         raise RunFailed(summary, parts)
     return summary.to_dict()
-
-
-def _flow_run_id() -> str:
-    from prefect.runtime import flow_run
-
-    return str(flow_run.id)
 
 
 def _results_link(summary: RunSummary, cfg: RunConfig) -> str | None:

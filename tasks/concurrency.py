@@ -146,7 +146,7 @@ def hold_slot(
     notify = on_wait
     if own is not None and not own.acquire(blocking=False):
         if notify is not None:
-            _tell(notify, f"the run's own {cap} slot(s) (max_concurrent_jobs) are all in use")
+            notify(f"the run's own {cap} slot(s) (max_concurrent_jobs) are all in use")
             notify = None
         while not own.acquire(timeout=retry_s):  # a slot the run gives back wakes one waiter at once
             if should_stop():
@@ -171,7 +171,7 @@ def _model_slot(name: str, task_run_id: UUID | None, lease_s: float, retry_s: fl
         if should_stop():
             raise SlotWaitCancelled(f"cancelled while waiting for a slot of {name}")
         if on_wait is not None:
-            _tell(on_wait, f"all slots of {name} are in use (the model's quota, shared with other runs)")
+            on_wait(f"all slots of {name} are in use (the model's quota, shared with other runs)")
             on_wait = None
         with freed:
             freed.wait(max(0.05, min(retry_s, retry_after if retry_after is not None else retry_s)))
@@ -196,17 +196,6 @@ def _model_slot(name: str, task_run_id: UUID | None, lease_s: float, retry_s: fl
                 journal.closed(lease_id)
         with freed:  # given back: let one task waiting for this limit take it
             freed.notify()
-
-
-def _tell(on_wait: Callable[..., None], reason: str) -> None:
-    """Call `on_wait(reason)`; a callback of the earlier form takes no argument (TODO: remove once callers
-    pass a reason)."""
-    import inspect
-
-    if inspect.signature(on_wait).parameters:
-        on_wait(reason)
-    else:
-        on_wait()
 
 
 def _acquire(name: str, lease_s: float, holder: ConcurrencyLeaseHolder | None) -> tuple[UUID | None, float | None]:
@@ -270,7 +259,3 @@ def release_run_slots(name: str, flow_run_id: UUID | str) -> int:
     """A cancelled run's slots, once the runner has killed its process: those of every holder that died
     (a live process gives its own back when its tasks end)."""
     return reclaim_orphaned_slots(name)
-
-
-def mark_process_alive(flow_run_id: UUID | str) -> None:
-    """Deprecated no-op (the lease journal's lock marks a live process): kept until its callers go."""

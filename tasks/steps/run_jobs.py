@@ -150,13 +150,16 @@ def _run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, pro
             if progress is not None:
                 progress.job_update(shard.name, job)
 
-        stop = cancel_requested(ctx.task_run.flow_run_id if ctx else None)
-        def on_wait() -> None:
-            log.info("%s waits for a slot of %s: all %d are in use", shard.name, limit, cfg.max_concurrent_jobs)
+        flow_run_id = ctx.task_run.flow_run_id if ctx else None
+        stop = cancel_requested(flow_run_id)
+        def on_wait(reason: str) -> None:
+            log.info("%s waits for a slot: %s", shard.name, reason)
             if progress is not None:
                 progress.waiting(shard.name)
 
-        with hold_slot(limit, task_run_id=task_run_id, lease_s=cfg.lease_s, should_stop=stop, on_wait=on_wait):
+        # One slot of the model's limit (shared by every run) and one of this run's own cap.
+        with hold_slot(limit, task_run_id=task_run_id, run=str(flow_run_id or cfg.key), cap=cfg.max_concurrent_jobs,
+                       lease_s=cfg.lease_s, should_stop=stop, on_wait=on_wait):
             if stop(0.0):  # asked now, not from the cache: a slot taken after Cancelling submits nothing
                 raise SlotWaitCancelled(f"cancelled before submitting {identity.job_name}")
             arn, attached = jobs.submit_once(
@@ -339,7 +342,7 @@ def run_jobs(prepared: PreparedRun, cfg: RunConfig, progress: Any = None) -> lis
     if not prepared.shards:
         return []
     limit = limit_name(cfg.model_id, cfg.aws.region)
-    ensure_limit(limit, cfg.max_concurrent_jobs)
+    ensure_limit(limit)  # the operator's size; created at the default only when missing
     reclaim_orphaned_slots(limit)
     futures = run_job_task.map(prepared.shards, cfg=unmapped(cfg), limit=unmapped(limit),
                                run_uri=unmapped(prepared.run_uri), progress=unmapped(progress))

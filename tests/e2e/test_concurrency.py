@@ -224,3 +224,89 @@ def test_peak_overlap_counts_jobs_in_flight_together() -> None:
     assert _peak_overlap([(t[0], t[2]), (t[1], t[3]), (t[2], t[4])]) == 2
     assert _peak_overlap([(t[0], t[1]), (t[1], t[2])]) == 1
     assert _peak_overlap([(t[0], t[5]), (t[1], t[4]), (t[2], t[3])]) == 3
+
+
+CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+ROLE = "arn:aws:iam::123456789012:role/BedrockBatchRole"
+SAMPLE = REPO / "samples" / "simplecot_sample.jsonl"  # 300 rows: six 50-record jobs per run
+
+
+@pytest.fixture
+def operator_limit(prefect_api: str, emulator: Any) -> Iterator[str]:
+    """The model's limit as an operator sized it: 4 slots (`prefect gcl create || update`, as documented).
+    Deleted afterwards, so that later tests of this session find it missing (a run creates it at 20)."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.concurrency import limit_name
+
+    name = limit_name(CLAUDE, emulator.region)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            _operator("update", name, "--limit", "4")
+        except Exception:
+            _operator("create", name, "--limit", "4")
+    yield name
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(name)
+
+
+def test_two_concurrent_runs_capped_at_1_and_6_under_a_limit_of_4_keep_every_bound(
+    operator_limit: str, emulator: Any, local_aws: Any,
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.aws import client
+    from tests.e2e.conftest import cli_env
+
+    bucket = f"caps-{uuid.uuid4().hex[:10]}"
+    client("s3", local_aws).create_bucket(Bucket=bucket)
+    before = emulator.profile
+    emulator.set_profile(before.replace(time_scale=1.5e-3, min_records=50))  # jobs of ~1.5 s
+    env = cli_env(emulator, str(PREFECT_API_URL.value()))
+    caps = {"capone": 1, "capsix": 6}
+    runs = {
+        prefix: subprocess.Popen(
+            [sys.executable, "-m", "flows.batch_inference", "--input-path", str(SAMPLE),
+             "--prompt-id", "question_answering", "--model-id", CLAUDE, "--job-name-prefix", prefix,
+             "--output-uri", f"s3://{bucket}/{prefix}", "--role-arn", ROLE, "--max-records-per-job", "50",
+             "--min-records-per-job", "50", "--poll-interval-s", "0.5", "--max-concurrent-jobs", str(cap)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for prefix, cap in caps.items()
+    }
+    samples: list[tuple[int, int]] = []
+    try:
+        # While they run: the limit read through the API keeps the operator's size and never overflows.
+        watch = next(iter(runs.values()))
+        while any(run.poll() is None for run in runs.values()):
+            samples.append(_limit(operator_limit))
+            try:
+                watch.wait(timeout=0.1)  # a sampling period, not a synchronisation
+            except subprocess.TimeoutExpired:
+                pass
+            if watch.poll() is not None:
+                watch = next((run for run in runs.values() if run.poll() is None), watch)
+        outputs = {prefix: run.communicate(timeout=60) for prefix, run in runs.items()}
+    finally:
+        emulator.set_profile(before)
+        for run in runs.values():
+            run.kill()
+    for prefix, run in runs.items():
+        assert run.returncode == 0, outputs[prefix][1][-3000:]
+    assert samples and {size for size, _ in samples} == {4}, "a run resized the operator's limit"
+    assert max(used for _, used in samples) <= 4
+    assert max(used for _, used in samples) >= 2, "the runs never overlapped: this proves nothing"
+    assert _limit(operator_limit) == (4, 0)
+
+    # Bedrock's own record of each job: in flight from submitTime to endTime.
+    bedrock = client("bedrock", local_aws)
+    intervals: dict[str, list[tuple[datetime, datetime]]] = {}
+    for prefix in caps:
+        pages = bedrock.get_paginator("list_model_invocation_jobs").paginate(nameContains=prefix)
+        jobs = [job for page in pages for job in page["invocationJobSummaries"]]
+        assert len(jobs) == 6 and all(job["status"] == "Completed" for job in jobs), jobs
+        intervals[prefix] = [(job["submitTime"], job["endTime"]) for job in jobs]
+    peaks = {prefix: _peak_overlap(found) for prefix, found in intervals.items()}
+    assert peaks["capone"] == 1, peaks  # its cap, though the limit had room for more
+    assert 2 <= peaks["capsix"] <= 4, peaks  # above the other run's cap, within the limit
+    assert _peak_overlap([*intervals["capone"], *intervals["capsix"]]) <= 4

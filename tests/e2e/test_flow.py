@@ -170,22 +170,6 @@ def test_a_killed_run_resumes_attaching_to_its_jobs_and_submits_nothing_twice(
     assert active_slots(limit_name(CLAUDE, "us-east-1")) == 0
 
 
-def test_two_concurrent_runs_share_one_limit(prefect_api: str, clean_emulator: Any, fresh_bucket: str) -> None:
-    clean_emulator.set_profile({"time_scale": 1.5e-3, "min_records": 50})
-    env = cli_env(clean_emulator, prefect_api)
-    runs = [
-        subprocess.Popen([sys.executable, "-m", "flows.batch_inference",
-                          *_run_args(fresh_bucket, f"twin{i}", "--max-concurrent-jobs", "2")],
-                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-    outputs = [run.communicate(timeout=300) for run in runs]
-    for run, (_, err) in zip(runs, outputs, strict=True):
-        assert run.returncode == 0, err[-3000:]
-    assert len(created_job_names(clean_emulator.calls())) == 12
-    assert clean_emulator.stats()["peak_in_flight"][CLAUDE] <= 2
-
-
 def test_cli_takes_the_reference_event_document(
     prefect_api: str, clean_emulator: Any, fresh_bucket: str, tmp_path: Path
 ) -> None:
