@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,8 @@ INSTRUCTION = (
 # The emulator finds the schema of a prompt-only request by this line prefix (emulator/README.md).
 SCHEMA_LINE = "JSON Schema: "
 SNIPPET_CHARS = 60
+# Bedrock's tool use takes property names of this shape; they are also safe inside a JSONPath `['...']`.
+PROPERTY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class SchemaError(ValueError):
@@ -155,8 +158,11 @@ def _parse_object(raw: Mapping[str, Any], where: str) -> ObjectNode:
         raise _refuse(f"{where}.additionalProperties", "only true or false is supported")
     fields = []
     for name, sub in props.items():
-        if not isinstance(name, str) or not name:
-            raise _refuse(f"{where}.properties", f"a property name must be a non-empty string, not {name!r}")
+        if not isinstance(name, str) or not PROPERTY_NAME.fullmatch(name):
+            raise _refuse(
+                f"{where}.properties",
+                f"property name {name!r} must match {PROPERTY_NAME.pattern} (what tool use accepts)",
+            )
         fields.append(Field(name, _parse(sub, f"{where}.properties.{name}"), name in required))
     return ObjectNode(tuple(fields))
 
@@ -204,6 +210,36 @@ def _ok(expr: pl.Expr, node: Node) -> pl.Expr:
     return pl.lit(True)
 
 
+def _has_bool(node: Node) -> bool:
+    if isinstance(node, Scalar):
+        return node.kind == "boolean"
+    if isinstance(node, ArrayNode):
+        return _has_bool(node.items)
+    return isinstance(node, ObjectNode) and any(_has_bool(f.node) for f in node.fields)
+
+
+def _probe_dtype(node: Node) -> pl.DataType:
+    """Booleans read as Float64, and only the paths to them: Polars' Boolean view takes a number for
+    `true`/`false` inside nested values, so a number found here is a boolean of the wrong type."""
+    if isinstance(node, Scalar):
+        return pl.Float64()
+    if isinstance(node, ArrayNode):
+        return pl.List(_probe_dtype(node.items))
+    assert isinstance(node, ObjectNode)
+    return pl.Struct({f.name: _probe_dtype(f.node) for f in node.fields if _has_bool(f.node)})
+
+
+def _number_at_bool(expr: pl.Expr, node: Node) -> pl.Expr:
+    """True where the probe view (`_probe_dtype`) holds a number at some boolean position."""
+    if isinstance(node, Scalar):
+        return expr.is_not_null()
+    if isinstance(node, ArrayNode):
+        return expr.list.eval(_number_at_bool(pl.element(), node.items)).list.any().fill_null(False)
+    assert isinstance(node, ObjectNode)
+    found = [_number_at_bool(expr.struct.field(f.name), f.node) for f in node.fields if _has_bool(f.node)]
+    return pl.any_horizontal(found).fill_null(False) if found else pl.lit(False)
+
+
 def _snippet(expr: pl.Expr) -> pl.Expr:
     cut = expr.str.slice(0, SNIPPET_CHARS)
     return pl.when(expr.str.len_chars() > SNIPPET_CHARS).then(cut + pl.lit("…")).otherwise(cut)
@@ -220,11 +256,19 @@ def _explain_object(texts: pl.Series, node: ObjectNode, prefix: pl.Series) -> pl
     """
     typed = _read(texts, {f.name: _dtype(f.node, view=True) for f in node.fields})
     present = _read(texts, {f.name: pl.String() for f in node.fields})
+    probed = [f for f in node.fields if _has_bool(f.node)]
+    probe = _read(texts, {f.name: _probe_dtype(f.node) for f in probed}) if probed else None
     frame = pl.DataFrame({"prefix": prefix}).with_row_index("row")
     messages: list[pl.Series] = []
     for f in node.fields:
         path = pl.col("prefix") + pl.lit(f.name)
-        cols = frame.with_columns(value=typed[f.name], raw=present[f.name])
+        cols = frame.with_columns(value=typed[f.name], raw=present[f.name], numbers=pl.lit(False))
+        if probe is not None and f in probed:
+            cols = cols.with_columns(probe[f.name].alias("probe")).with_columns(
+                numbers=_number_at_bool(pl.col("probe"), f.node)
+            )
+        if isinstance(f.node, Scalar) and f.node.kind == "boolean":
+            cols = cols.with_columns(value=pl.when(~pl.col("numbers")).then(pl.col("value")))
         value, raw = pl.col("value"), pl.col("raw")
         here = (
             pl.when(raw.is_null() & pl.lit(f.required))
@@ -237,11 +281,14 @@ def _explain_object(texts: pl.Series, node: ObjectNode, prefix: pl.Series) -> pl
                 path + pl.lit(": ") + _quoted(value.cast(pl.String)) + pl.lit(f" is not one of {list(f.node.values)}")
             )
         msg = cols.select(here.alias("m"))["m"]
-        deeper_rows = cols.select(value.is_not_null() & ~_ok(value, f.node) & msg.is_null()).to_series()
+        wrong_below = ~_ok(value, f.node) | pl.col("numbers")
+        deeper_rows = cols.select(value.is_not_null() & wrong_below & msg.is_null()).to_series()
         if isinstance(f.node, (ObjectNode, ArrayNode)) and deeper_rows.any():
             idx = deeper_rows.arg_true()
             sub_prefix = cols[idx].select(path.alias("p"))["p"]
-            sub_texts = present[f.name].gather(idx)
+            # The exact JSON of the value (serde's): Polars' String view of an object does not escape
+            # backslashes or control characters, so it is only used for presence and snippets.
+            sub_texts = texts.gather(idx).str.json_path_match(f"$['{f.name}']")
             if isinstance(f.node, ObjectNode):
                 sub = _explain_object(sub_texts, f.node, sub_prefix + ".")
             else:
@@ -257,16 +304,23 @@ def _explain_object(texts: pl.Series, node: ObjectNode, prefix: pl.Series) -> pl
 
 def _explain_array(texts: pl.Series, node: ArrayNode, prefix: pl.Series) -> pl.Series:
     """The first bad element of each array text, as `prefix[i]: ...`."""
-    wrapped = pl.concat_str([pl.lit('{"a":'), texts, pl.lit("}")])
-    typed = _read(pl.select(wrapped).to_series(), {"a": pl.List(_dtype(node.items, view=True))})["a"]
-    raw = _read(pl.select(wrapped).to_series(), {"a": pl.List(pl.String())})["a"]
+    wrapped = pl.select(pl.concat_str([pl.lit('{"a":'), pl.lit(texts), pl.lit("}")])).to_series()
+    typed = _read(wrapped, {"a": pl.List(_dtype(node.items, view=True))})["a"]
+    raw = _read(wrapped, {"a": pl.List(pl.String())})["a"]
+    columns = {"prefix": prefix, "value": typed, "raw": raw}
+    if _has_bool(node.items):
+        columns["probe"] = _read(wrapped, {"a": pl.List(_probe_dtype(node.items))})["a"]
     items = (
-        pl.DataFrame({"prefix": prefix, "value": typed, "raw": raw})
+        pl.DataFrame(columns)
         .with_row_index("row")
-        .explode("value", "raw")
+        .explode([c for c in columns if c != "prefix"])
         .with_columns(i=pl.int_range(pl.len()).over("row"))
         .with_columns(path=pl.col("prefix") + pl.lit("[") + pl.col("i").cast(pl.String) + pl.lit("]"))
     )
+    numbers = _number_at_bool(pl.col("probe"), node.items) if "probe" in columns else pl.lit(False)
+    items = items.with_columns(numbers=numbers)
+    if isinstance(node.items, Scalar) and node.items.kind == "boolean":
+        items = items.with_columns(value=pl.when(~pl.col("numbers")).then(pl.col("value")))
     value = pl.col("value")
     here = pl.when(value.is_null()).then(
         pl.col("path") + pl.lit(f": expected {_kind(node.items)}, got ") + _quoted(pl.col("raw").fill_null("null"))
@@ -280,10 +334,16 @@ def _explain_array(texts: pl.Series, node: ArrayNode, prefix: pl.Series) -> pl.S
         )
     items = items.with_columns(m=here)
     if isinstance(node.items, ObjectNode):
-        deeper = items.select(value.is_not_null() & ~_ok(value, node.items)).to_series()
+        deeper = items.select(value.is_not_null() & (~_ok(value, node.items) | pl.col("numbers"))).to_series()
         if deeper.any():
             idx = deeper.arg_true()
-            sub = _explain_object(items["raw"].gather(idx), node.items, items["path"].gather(idx) + ".")
+            picked = items[idx].select("row", "i", "path").with_columns(text=pl.lit(None, pl.String))
+            # The element's exact JSON, one JSONPath per element index (indices, not rows, are looped).
+            for i in picked["i"].unique().to_list():
+                at = (picked["i"] == i).arg_true()
+                found = wrapped.gather(picked["row"].gather(at)).str.json_path_match(f"$['a'][{i}]")
+                picked = picked.with_columns(picked["text"].scatter(at, found))
+            sub = _explain_object(picked["text"], node.items, picked["path"] + ".")
             items = items.with_columns(items["m"].scatter(idx, sub))
     first = items.group_by("row", maintain_order=True).agg(pl.col("m").drop_nulls().first())
     return (
@@ -396,6 +456,10 @@ class OutputSchema:
             typed = _read(candidates, view.to_schema())  # type: ignore[attr-defined]
         value = typed.select(pl.struct(pl.all()).alias("v"))["v"]
         ok = pl.select(_ok(pl.lit(value), self.root) & pl.lit(shaped)).to_series()
+        if _has_bool(self.root):
+            probe = _read(candidates, _probe_dtype(self.root).to_schema())  # type: ignore[attr-defined]
+            numbers = probe.select(_number_at_bool(pl.struct(pl.all()), self.root)).to_series()
+            ok = ok & ~numbers
         errors = pl.Series("error", [None] * n, dtype=pl.String)
         not_json = ~shaped & answers.is_not_null()
         if not_json.any():
