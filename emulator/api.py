@@ -8,6 +8,7 @@ assert exactly-once submission.
 from __future__ import annotations
 
 import base64
+import hashlib
 import random
 import re
 import threading
@@ -24,6 +25,7 @@ from emulator.families import Family
 from emulator.jobs import JobEngine
 from emulator.records import invoke_one
 from emulator.service_model import CONTROL, RUNTIME, ApiError, iso, parse_query, validate
+from emulator.structured import Breakage
 
 JOB_PATH = re.compile(r"^/model-invocation-job/(?P<ident>.+?)(?P<stop>/stop)?$")
 MODEL_PATH = re.compile(
@@ -89,10 +91,25 @@ class BedrockApi:
         catalog()  # load and check models.json now: a bad line fails at start, not in a client
         self._rng_lock = threading.Lock()
         self._rngs: dict[str, random.Random] = {}
+        self._asked: dict[str, int] = {}
 
     def reset_throttling(self) -> None:
+        """Restart the seeded streams (throttling draws, the count of times each body was invoked)."""
         with self._rng_lock:
             self._rngs.clear()
+            self._asked.clear()
+
+    def _breakage(self, body: bytes) -> Breakage | None:
+        """The n-th invocation of the same body draws its structured answer's breakage as the n-th: seeded
+        and independent of what runs concurrently, yet a retry of an invalid answer may come back valid."""
+        rate = self.engine.profile.invalid_output_rate
+        if rate <= 0:
+            return None
+        digest = hashlib.sha256(body).hexdigest()[:24]
+        with self._rng_lock:
+            n = self._asked.get(digest, 0)
+            self._asked[digest] = n + 1
+        return Breakage(rate, self.engine.profile.seed, f"invoke:{digest}:{n}")
 
     def _throttled(self, operation: str) -> bool:
         profile = self.engine.profile
@@ -269,7 +286,7 @@ class BedrockApi:
                 "Malformed input request, please reformat your input and try again.",
                 RUNTIME,
             ) from None
-        row = invoke_one(family, model, body)
+        row = invoke_one(family, model, body, self._breakage(body))
         if row["output"] is None:
             raise ApiError("ValidationException", str(row["error_message"]), RUNTIME)
         return _json(str(row["output"]).encode())
@@ -278,8 +295,9 @@ class BedrockApi:
         family = self._family(request, model, entry, "Converse")
         body = _body(request, RUNTIME)
         validate({**body, "modelId": model}, "ConverseRequest", RUNTIME)
-        model_input = {k: body[k] for k in ("messages", "system", "inferenceConfig") if k in body}
-        row = invoke_one(family, model, orjson.dumps(model_input))
+        model_input = {k: body[k] for k in ("messages", "system", "inferenceConfig", "toolConfig") if k in body}
+        encoded = orjson.dumps(model_input)
+        row = invoke_one(family, model, encoded, self._breakage(encoded))
         if row["output"] is None:
             raise ApiError("ValidationException", str(row["error_message"]), RUNTIME)
         return _json({**orjson.loads(str(row["output"])), "metrics": {"latencyMs": 1}})

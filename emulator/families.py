@@ -22,6 +22,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from emulator.structured import PLACEHOLDER, claude_content, converse_content, splice
+
 REPLY_PREFIX = "Emulated reply to: "
 GEO_PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
 EMBEDDING_DIMENSIONS = (256, 512, 1024)
@@ -101,6 +103,8 @@ FEATURES = {
     "text": pl.String,
     "dims": pl.Int64,
     "normalize": pl.Boolean,
+    "tool": pl.String,  # the forced tool's name (structured answers; emulator/structured.py)
+    "tools": pl.Int64,  # how many tools the record declares (their JSON counts as input)
 }
 
 _MI = pl.col("modelInput")
@@ -151,6 +155,8 @@ def _features(
     text: pl.Expr | None = None,
     dims: pl.Expr | None = None,
     normalize: pl.Expr | None = None,
+    tool: pl.Expr | None = None,
+    tools: pl.Expr | None = None,
 ) -> pl.DataFrame:
     error: pl.Expr = pl.lit(None, pl.String)
     for condition, message in reversed(
@@ -169,6 +175,8 @@ def _features(
         "text": text,
         "dims": dims,
         "normalize": normalize,
+        "tool": tool,
+        "tools": tools,
     }
     return df.select(
         pl.col("recordId").alias("record_id"),
@@ -180,21 +188,39 @@ def _features(
     )
 
 
+def _forced_tool_rules(forced: pl.Expr, names: pl.Expr, where: str) -> list[tuple[pl.Expr, str]]:
+    """A forced tool must be named and be one of the tools given."""
+    listed = names.list.contains(forced.fill_null("")).fill_null(False)
+    return [
+        (forced.is_not_null() & ~listed, f"#/{where}: the forced tool is not one of the tools given"),
+    ]
+
+
 def _claude(content_blocks: bool, system_blocks: bool) -> Callable[[pl.DataFrame], pl.DataFrame]:
     def features(df: pl.DataFrame) -> pl.DataFrame:
         messages = _field("messages")
         total, prompt = _chat(messages, content_blocks)
         system = _block_bytes(_field("system")) if system_blocks else _field("system").str.len_bytes()
+        choice = _field("tool_choice")
+        forced = pl.when(choice.struct.field("type") == "tool").then(choice.struct.field("name"))
+        names = _field("tools").list.eval(pl.element().struct.field("name"))
         return _features(
             df,
             [
                 *_required("anthropic_version", "max_tokens", "messages"),
                 (messages.list.len() == 0, "#/messages: expected minimum item count: 1, found: 0"),
                 _min_one("max_tokens", _field("max_tokens")),
+                (
+                    (choice.struct.field("type") == "tool") & choice.struct.field("name").is_null(),
+                    "#/tool_choice: required key [name] not found",
+                ),
+                *_forced_tool_rules(forced, names, "tool_choice/name"),
             ],
             prompt=prompt,
             text_bytes=system.cast(pl.Int64).fill_null(0) + total.fill_null(0),
             max_tokens=_field("max_tokens"),
+            tool=forced,
+            tools=_field("tools").list.len(),
         )
 
     return features
@@ -205,16 +231,23 @@ def _nova_like(default_max: int) -> Callable[[pl.DataFrame], pl.DataFrame]:
         messages = _field("messages")
         total, prompt = _chat(messages, True)
         max_tokens = _field("inferenceConfig").struct.field("maxTokens")
+        config = _field("toolConfig")
+        forced = config.struct.field("toolChoice").struct.field("tool").struct.field("name")
+        specs = config.struct.field("tools")
+        names = specs.list.eval(pl.element().struct.field("toolSpec").struct.field("name"))
         return _features(
             df,
             [
                 *_required("messages"),
                 (messages.list.len() == 0, "#/messages: expected minimum item count: 1, found: 0"),
                 _min_one("inferenceConfig/maxTokens", max_tokens.fill_null(default_max)),
+                *_forced_tool_rules(forced, names, "toolConfig/toolChoice/tool/name"),
             ],
             prompt=prompt,
             text_bytes=_block_bytes(_field("system")).fill_null(0) + total.fill_null(0),
             max_tokens=max_tokens.fill_null(default_max),
+            tool=forced,
+            tools=specs.list.len(),
         )
 
     return features
@@ -278,26 +311,36 @@ class InputShape:
     features: Callable[[pl.DataFrame], pl.DataFrame]
 
 
+_NAMED = pa.struct([("name", _S)])
+# Tool definitions are decoded only as far as their names: the schema of the forced tool is read from the
+# line itself (emulator/structured.py), as any JSON Schema can be there.
+_TOOL_CONFIG = pa.struct(
+    [("tools", pa.list_(pa.struct([("toolSpec", _NAMED)]))), ("toolChoice", pa.struct([("tool", _NAMED)]))]
+)
 _NOVA_FIELDS = [
     ("schemaVersion", _S),
     ("system", _PLAIN_BLOCKS),
     ("messages", _messages(_PLAIN_BLOCKS)),
     ("inferenceConfig", pa.struct([("maxTokens", pa.int64())])),
+    ("toolConfig", _TOOL_CONFIG),
 ]
 _CLAUDE_HEAD = [("anthropic_version", _S), ("max_tokens", pa.int64())]
+_CLAUDE_TOOLS = [("tools", pa.list_(_NAMED)), ("tool_choice", pa.struct([("type", _S), ("name", _S)]))]
 
 INPUT_SHAPES: dict[Family, tuple[InputShape, ...]] = {
     Family.CLAUDE: (
         InputShape(
-            _record_schema([*_CLAUDE_HEAD, ("system", _S), ("messages", _messages(_TEXT_BLOCKS))]),
+            _record_schema([*_CLAUDE_HEAD, ("system", _S), ("messages", _messages(_TEXT_BLOCKS)), *_CLAUDE_TOOLS]),
             _claude(True, False),
         ),
         InputShape(
-            _record_schema([*_CLAUDE_HEAD, ("system", _S), ("messages", _messages(_S))]),
+            _record_schema([*_CLAUDE_HEAD, ("system", _S), ("messages", _messages(_S)), *_CLAUDE_TOOLS]),
             _claude(False, False),
         ),
         InputShape(
-            _record_schema([*_CLAUDE_HEAD, ("system", _TEXT_BLOCKS), ("messages", _messages(_TEXT_BLOCKS))]),
+            _record_schema(
+                [*_CLAUDE_HEAD, ("system", _TEXT_BLOCKS), ("messages", _messages(_TEXT_BLOCKS)), *_CLAUDE_TOOLS]
+            ),
             _claude(True, True),
         ),
     ),
@@ -329,19 +372,18 @@ def _usage_struct(**fields: pl.Expr) -> pl.Expr:
     return pl.struct(*[expr.alias(name) for name, expr in fields.items()])
 
 
-def _claude_output(model_name: str) -> pl.Expr:
+def _claude_output(model_name: str, content: pl.Expr | None = None, stop: pl.Expr | None = None) -> pl.Expr:
+    if content is None:
+        content = pl.concat_list(pl.struct(pl.lit("text").alias("type"), pl.col("reply").alias("text")))
+    if stop is None:
+        stop = pl.when(pl.col("truncated")).then(pl.lit("max_tokens")).otherwise(pl.lit("end_turn"))
     return pl.struct(
         pl.format("msg_bdrk_{}", pl.col("record_id").hash(seed=11).cast(pl.String).str.zfill(20)).alias("id"),
         pl.lit("message").alias("type"),
         pl.lit("assistant").alias("role"),
         pl.lit(model_name).alias("model"),
-        pl.concat_list(pl.struct(pl.lit("text").alias("type"), pl.col("reply").alias("text"))).alias(
-            "content"
-        ),
-        pl.when(pl.col("truncated"))
-        .then(pl.lit("max_tokens"))
-        .otherwise(pl.lit("end_turn"))
-        .alias("stop_reason"),
+        content.alias("content"),
+        stop.alias("stop_reason"),
         pl.lit(None, pl.String).alias("stop_sequence"),
         _usage_struct(input_tokens=pl.col("input_tokens"), output_tokens=pl.col("output_tokens")).alias(
             "usage"
@@ -349,17 +391,15 @@ def _claude_output(model_name: str) -> pl.Expr:
     )
 
 
-def _nova_output() -> pl.Expr:
-    message = pl.struct(
-        pl.concat_list(pl.struct(pl.col("reply").alias("text"))).alias("content"),
-        pl.lit("assistant").alias("role"),
-    )
+def _nova_output(content: pl.Expr | None = None, stop: pl.Expr | None = None) -> pl.Expr:
+    if content is None:
+        content = pl.concat_list(pl.struct(pl.col("reply").alias("text")))
+    if stop is None:
+        stop = pl.when(pl.col("truncated")).then(pl.lit("max_tokens")).otherwise(pl.lit("end_turn"))
+    message = pl.struct(content.alias("content"), pl.lit("assistant").alias("role"))
     return pl.struct(
         pl.struct(message.alias("message")).alias("output"),
-        pl.when(pl.col("truncated"))
-        .then(pl.lit("max_tokens"))
-        .otherwise(pl.lit("end_turn"))
-        .alias("stopReason"),
+        stop.alias("stopReason"),
         _usage_struct(
             inputTokens=pl.col("input_tokens"),
             outputTokens=pl.col("output_tokens"),
@@ -410,6 +450,29 @@ def _titan_output() -> pl.Expr:
         vector,
         pl.lit("}}"),
     )
+
+
+TOOL_FAMILIES = (Family.CLAUDE, Family.NOVA, Family.CONVERSE)
+# Where a line's tool definitions and the forced tool's JSON Schema are (`{name}`: the forced tool).
+TOOL_PATHS: dict[Family, tuple[str, str]] = {
+    Family.CLAUDE: ("$.modelInput.tools", "$.modelInput.tools[?(@.name=='{name}')].input_schema"),
+    Family.NOVA: (
+        "$.modelInput.toolConfig.tools",
+        "$.modelInput.toolConfig.tools[?(@.toolSpec.name=='{name}')].toolSpec.inputSchema.json",
+    ),
+}
+TOOL_PATHS[Family.CONVERSE] = TOOL_PATHS[Family.NOVA]
+
+
+def tool_output_expr(family: Family, model_id: str) -> pl.Expr:
+    """`modelOutput` JSON of a forced tool call (columns `tool`, `answer`, `plain`; emulator/structured.py)."""
+    stop = pl.when(pl.col("plain")).then(pl.lit("end_turn")).otherwise(pl.lit("tool_use"))
+    if family is Family.CLAUDE:
+        name = model_key(model_id).split("anthropic.", 1)[-1].split("-v", 1)[0]
+        encoded = _claude_output(name, pl.lit(PLACEHOLDER), stop).struct.json_encode()
+        return splice(encoded, claude_content())
+    encoded = _nova_output(pl.lit(PLACEHOLDER), stop).struct.json_encode()
+    return splice(encoded, converse_content())
 
 
 def output_expr(family: Family, model_id: str) -> pl.Expr:

@@ -18,6 +18,7 @@ from emulator.families import INPUT_SHAPES, Family
 from emulator.profile import Profile
 from emulator.records import BadLine, generate, output_lines, validate
 from emulator.storage import ObjectStore, StoreError
+from emulator.structured import Breakage
 
 RETRYABLE_ERRORS = {
     429: "Too many requests, please wait before trying again.",
@@ -129,10 +130,14 @@ def answer(
     Columns: file, line (the output line), ok, input_tokens, output_tokens.
     """
     frames = []
+    # A resubmission (a new job name) draws again, as a model asked again may answer well this time.
+    breakage = Breakage(profile.invalid_output_rate, profile.seed, job_name)
     for i, f in enumerate(job_input.files):
         if f.lines is None:
             raise ValueError(f"the records of {f.key} were released before they were answered")
-        frames.append(generate(f.lines, family, model_id, f.features).with_columns(file=pl.lit(i, pl.Int32)))
+        frames.append(
+            generate(f.lines, family, model_id, f.features, breakage).with_columns(file=pl.lit(i, pl.Int32))
+        )
     df = with_record_faults(pl.concat(frames), profile, job_name)
     if profile.shuffle_output:
         rng = np.random.default_rng(int(profile.draw("order", job_name) * 2**63))

@@ -41,6 +41,7 @@ class Profile:
     foreign_job_duration_s: float = 3600.0
     record_error_rate: float = 0.0
     retryable_error_share: float = 0.5
+    invalid_output_rate: float = 0.0
     job_failure_rate: float = 0.0
     job_failure_message: str = DEFAULT_FAILURE_MESSAGE
     expire_rate: float = 0.0

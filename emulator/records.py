@@ -21,12 +21,16 @@ from emulator.families import (
     FEATURES,
     INPUT_SHAPES,
     REPLY_PREFIX,
+    TOOL_FAMILIES,
+    TOOL_PATHS,
     Family,
     InputShape,
     embeddings,
     output_expr,
     stop_reason_expr,
+    tool_output_expr,
 )
+from emulator.structured import Breakage, schema_column, with_answers
 
 BLOCK_BYTES = 8 << 20
 
@@ -166,14 +170,45 @@ def _fit_bytes(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(df["reply"].scatter(over, fixed))
 
 
+def _structured(df: pl.DataFrame, family: Family, breakage: Breakage | None) -> tuple[pl.DataFrame, bool]:
+    """Schema requests (emulator/structured.py): `answer` / `plain` per record, `tool_bytes` (the JSON of
+    declared tools, counted as input), and a 400 for a forced tool without a schema. Also whether any
+    record has a forced tool (only then is the tool-call output built)."""
+    paths = TOOL_PATHS.get(family)
+    declared = paths is not None and df["tools"].drop_nulls().len() > 0
+    forced = paths is not None and df["tool"].drop_nulls().len() > 0
+    df = df.with_columns(
+        schema=schema_column(df, paths[1] if forced and paths else None),
+        tool_bytes=(
+            pl.when(pl.col("tools").is_not_null())
+            .then(pl.col("line").str.json_path_match(paths[0]).str.len_bytes().cast(pl.Int64))
+            .fill_null(0)
+            if declared and paths
+            else pl.lit(0, pl.Int64)
+        ),
+    )
+    if forced:
+        df = df.with_columns(
+            error=pl.when(pl.col("error").is_null() & pl.col("tool").is_not_null() & pl.col("schema").is_null())
+            .then(pl.lit("#/tools: the forced tool has no input schema"))
+            .otherwise(pl.col("error"))
+        )
+    return with_answers(df, breakage), forced
+
+
 def generate(
-    lines: pl.Series | list[bytes], family: Family, model_id: str, features: pl.DataFrame | None = None
+    lines: pl.Series | list[bytes],
+    family: Family,
+    model_id: str,
+    features: pl.DataFrame | None = None,
+    breakage: Breakage | None = None,
 ) -> pl.DataFrame:
     """Per record: record_id, opened (the input line without its closing brace), glue (what follows its
     members), output (modelOutput JSON or null), error_code, error_message, input_tokens, output_tokens,
     stop_reason. `output_lines` assembles the `.jsonl.out` lines from them.
 
-    `features` are the lines' decoded features when validation already has them.
+    `features` are the lines' decoded features when validation already has them. Records that ask for a
+    schema get a structured answer, `breakage` deciding which of them break it (emulator/structured.py).
     """
     if isinstance(lines, list):
         lines = pl.Series(lines, dtype=pl.Binary).cast(pl.String)
@@ -181,6 +216,9 @@ def generate(
         features = decode(lines, INPUT_SHAPES[family])
     df = features.with_columns(line=lines).with_row_index("idx")
     ok = pl.col("error").is_null()
+    tool_rows = False
+    if family is not Family.TITAN_EMBED_V2:
+        df, tool_rows = _structured(df, family, breakage)
     if family is Family.TITAN_EMBED_V2:
         df = df.with_columns(
             embedding=embeddings(df["text"], df["dims"], df["normalize"]),
@@ -189,22 +227,36 @@ def generate(
             truncated=pl.lit(False),
         )
     else:
+        text_answer = pl.col("answer").is_not_null() & pl.col("tool").is_null()
         df = df.with_columns(
-            full=pl.lit(REPLY_PREFIX) + pl.col("prompt").fill_null(""),
+            full=pl.when(text_answer)
+            .then(pl.col("answer"))
+            .otherwise(pl.lit(REPLY_PREFIX) + pl.col("prompt").fill_null("")),
         ).with_columns(
             reply=pl.col("full").str.head(pl.col("max_tokens").fill_null(0).clip(upper_bound=1 << 40) * 4),
         )
+        # A tool call's input is never cut; its size is what it costs in output tokens.
+        called = pl.col("tool").is_not_null() & pl.col("answer").is_not_null()
+        produced = pl.when(called).then(pl.col("answer")).otherwise(pl.col("reply"))
         df = _fit_bytes(df).with_columns(
-            truncated=pl.col("reply").str.len_chars() < pl.col("full").str.len_chars(),
-            input_tokens=((pl.col("text_bytes").fill_null(0) + 3) // 4).clip(lower_bound=1),
-            output_tokens=((pl.col("reply").str.len_bytes().cast(pl.Int64) + 3) // 4).clip(lower_bound=1),
+            truncated=(pl.col("reply").str.len_chars() < pl.col("full").str.len_chars()) & ~called,
+            input_tokens=((pl.col("text_bytes").fill_null(0) + pl.col("tool_bytes") + 3) // 4).clip(lower_bound=1),
+            output_tokens=((produced.str.len_bytes().cast(pl.Int64) + 3) // 4).clip(lower_bound=1),
         )
     generated_id = pl.format("RECORD{}", (pl.col("idx") + 1).cast(pl.String).str.zfill(7))
+    output = output_expr(family, model_id)
+    stop = stop_reason_expr(family)
+    if tool_rows and family in TOOL_FAMILIES:
+        called = pl.col("tool").is_not_null() & pl.col("answer").is_not_null()
+        output = pl.when(called).then(tool_output_expr(family, model_id)).otherwise(output)
+        stop = pl.when(called).then(
+            pl.when(pl.col("plain")).then(pl.lit("end_turn")).otherwise(pl.lit("tool_use"))
+        ).otherwise(stop)
     return df.select(
         pl.col("record_id").fill_null(generated_id),
         _opened(df["line"]).alias("opened"),
         _glue(df, generated_id).alias("glue"),
-        pl.when(ok).then(output_expr(family, model_id)).alias("output"),
+        pl.when(ok).then(output).alias("output"),
         pl.when(ok).then(None).otherwise(pl.lit(400, pl.Int64)).alias("error_code"),
         pl.when(ok)
         .then(None)
@@ -216,7 +268,7 @@ def generate(
         .alias("error_message"),
         pl.when(ok).then(pl.col("input_tokens")).otherwise(0).alias("input_tokens"),
         pl.when(ok).then(pl.col("output_tokens")).otherwise(0).alias("output_tokens"),
-        pl.when(ok).then(stop_reason_expr(family)).alias("stop_reason"),
+        pl.when(ok).then(stop).alias("stop_reason"),
     )
 
 
@@ -259,7 +311,11 @@ def output_lines(df: pl.DataFrame, end: str = "") -> pl.Series:
     return df.select(line.alias("line")).to_series()
 
 
-def invoke_one(family: Family, model_id: str, body: bytes) -> dict[str, object]:
+def invoke_one(
+    family: Family, model_id: str, body: bytes, breakage: Breakage | None = None
+) -> dict[str, object]:
     """One record through the same pipeline (runtime InvokeModel/Converse): the row as a dict."""
     line = b'{"recordId":"invoke","modelInput":' + body.strip() + b"}"
-    return generate(pl.Series([line.decode("utf-8", "replace")]), family, model_id).row(0, named=True)
+    return generate(pl.Series([line.decode("utf-8", "replace")]), family, model_id, breakage=breakage).row(
+        0, named=True
+    )
