@@ -169,10 +169,17 @@ def _run_job(shard: PreparedShard, cfg: RunConfig, limit: str, run_uri: str, pro
             )
             log.info("%s %s job %s (attempt %d)", shard.name, "attached to" if attached else "submitted",
                      identity.job_name, attempt)
-            job = jobs.wait_until_terminal(
-                bedrock, arn, max_interval=cfg.poll_interval_s, min_interval=cfg.min_poll_interval_s,
-                on_update=on_update, should_stop=stop, on_transient=log.warning,
-            )
+            try:
+                job = jobs.wait_until_terminal(
+                    bedrock, arn, max_interval=cfg.poll_interval_s, min_interval=cfg.min_poll_interval_s,
+                    on_update=on_update, should_stop=stop, on_transient=log.warning,
+                )
+            except jobs.Cancelled:
+                # Stopped here, at once: the process may live on for a while after the cancel (the
+                # hook, which runs once it is gone, stops again idempotently and collects).
+                if cfg.stop_jobs_on_cancel:
+                    log.warning("run cancelled: job %s -> %s", arn, jobs.stop_job(bedrock, arn))
+                raise
         status = job["status"]
         jobs.mark_terminal(s3, ledger_uri, shard.name, attempt, status, job.get("message"))
         result.job_name, result.job_arn, result.status = identity.job_name, arn, status

@@ -585,54 +585,84 @@ def served(emulator: Any, prefect_api: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("stop_jobs", [True, False], ids=["stop-jobs", "keep-jobs"])
-def test_a_run_cancelled_from_prefect_stops_its_bedrock_jobs_and_leaves_no_slot(
+def test_a_run_cancelled_from_prefect_stops_submits_nothing_more_and_keeps_what_finished(
     stop_jobs: bool, prefect_api: str, emulator: Any, faults: Callable[..., None], bucket: str,
     topics: tuple[Path, list[str]], served: str,
 ) -> None:
+    """Cancel means stop: no Create after Cancelling, in-flight jobs stopped, the shard task runs end
+    Cancelled (none Failed), the stop messages are in the run's logs, and the results hold every input
+    row once: the finished jobs' answers, the rest `cancelled`."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
     from prefect.deployments import run_deployment
     from prefect.states import Cancelling
 
     from tasks.concurrency import active_slots, limit_name
-    from tests.e2e.helpers import created_jobs, wait_for
+    from tasks.core.config import config_from_params
+    from tests.e2e.helpers import CREATE, created_jobs, wait_for
 
-    path, _ = topics
+    path, ids = topics  # four 100-record shards, two slots: two waves
     params = flow_params(bucket, path, "cancelled", max_concurrent_jobs=2, stop_jobs_on_cancel=stop_jobs)
     key8 = job_stem(params, 1)[:8]
     limit = limit_name(CLAUDE, emulator.region)
-    faults(time_scale=2e-2)  # jobs of ~20 s: still in flight when the cancellation arrives (seconds later)
+    # Waves of ~40 s, 30 s of them InProgress: the second wave is mid-way when the cancellation arrives.
+    faults(time_scale=2e-2, record_s=15.0)
     before = len(emulator.calls())
+
+    def statuses() -> dict[str, str]:
+        names = created_jobs(emulator.calls()[before:], key8)
+        return {j.name: j.status for j in emulator.engine.jobs() if j.name in names}
 
     with get_client(sync_client=True) as client:
         wait_for(lambda: _deployment_exists(client, served), 60, "the served deployment")
         flow_run = run_deployment(served, parameters=params, timeout=0)
 
-
-        def started() -> bool:
+        def second_wave() -> bool:
             state = client.read_flow_run(flow_run.id).state
-            assert not (state and state.is_final()), f"the run ended before its jobs started: {state}"
-            return len(created_jobs(emulator.calls()[before:], key8)) >= 2
+            assert not (state and state.is_final()), f"the run ended before the cancel: {state}"
+            now = statuses()
+            second = [status for name, status in now.items() if name.startswith(f"cancelled-{key8}-0003")
+                      or name.startswith(f"cancelled-{key8}-0004")]
+            return "Completed" in now.values() and "InProgress" in second
 
-        wait_for(started, 90, "jobs in flight")
+        wait_for(second_wave, 150, "a finished job and one of the second wave in progress")
+        at_cancel = len(emulator.calls())
         client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the fault test"))
         final = wait_for(lambda: (s := client.read_flow_run(flow_run.id).state) and s.is_final() and s, 60,
                          "the run to be cancelled")
-    assert final.is_cancelled(), final
+        assert final.is_cancelled(), final
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
 
-    jobs = created_jobs(emulator.calls()[before:], key8)
-
-    def statuses() -> dict[str, str]:
-        return {j.name: j.status for j in emulator.engine.jobs() if j.name in jobs}
-
+    assert not [c for c in emulator.calls()[at_cancel:] if c["operation"] == CREATE], "a job submitted after Cancelling"
+    job_states = {r.name: r.state.type.value for r in task_runs if r.name.startswith("job-")}
+    assert "FAILED" not in job_states.values() and "CANCELLED" in job_states.values(), job_states
     stops = {c["jobName"] for c in emulator.calls()[before:] if c["operation"] == "StopModelInvocationJob"}
-    if stop_jobs:
-        # Nothing orphaned: every job still running was stopped, none is left in flight.
-        ended = wait_for(lambda: (now := statuses()) and not set(now.values()) & IN_FLIGHT and now, 30,
-                         "the run's jobs to end")
-        assert stops and stops == {name for name, status in ended.items() if status == "Stopped"}, ended
-    else:
-        assert not stops and set(statuses().values()) & IN_FLIGHT, statuses()  # left running, as asked
     assert active_slots(limit) == 0
+    if not stop_jobs:
+        assert not stops and "Stopped" not in statuses().values(), statuses()  # left running, as asked
+        return
+    # Nothing orphaned: every job still running was stopped, none is left in flight.
+    ended = wait_for(lambda: (now := statuses()) and not set(now.values()) & IN_FLIGHT and now, 30,
+                     "the run's jobs to end")
+    assert stops and stops == {name for name, status in ended.items() if status == "Stopped"}, ended
+    assert any("run cancelled: job" in log.message for log in logs), [log.message for log in logs][-20:]
+    # What finished is kept, the rest is marked: every input row exactly once.
+    cfg = config_from_params(params)
+    [output] = wait_for(lambda: _output_if_written(cfg), 60, "the cancelled run's results")
+    assert_every_row_once(output, ids)
+    answered = output.filter(pl.col("error_code").is_null())
+    assert answered.height >= 100 and replies_name_their_topic(output)
+    assert set(output.filter(pl.col("error_code").is_not_null())["error_code"].to_list()) == {"cancelled"}
+
+
+def _output_if_written(cfg: Any) -> list[pl.DataFrame] | None:
+    from tests.e2e.helpers import read_output
+
+    try:
+        return [read_output(cfg.run_uri.rstrip("/") + "/results/", cfg.aws)]
+    except FileNotFoundError:  # no results manifest yet
+        return None
 
 
 def _deployment_exists(client: Any, name: str) -> bool:
