@@ -75,15 +75,18 @@ def notification_block(prefect_api: str, receiver: tuple[str, list[dict[str, Any
         client.delete_block_document(block_id)
 
 
-def _create_from_file(path: Path, block_id: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """What deployments/README.md has an operator type: the block id in, then `--from-file`."""
+def _prefect(*args: str) -> subprocess.CompletedProcess[str]:
     from prefect.settings import PREFECT_API_URL
 
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    return subprocess.run([PREFECT, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _create_from_file(path: Path, block_id: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """What deployments/README.md has an operator type: the block id in, then `--from-file`."""
     filled = tmp_path / path.name
     filled.write_text(path.read_text().replace(PLACEHOLDER, block_id))
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    return subprocess.run([PREFECT, "automation", "create", "--from-file", str(filled)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return _prefect("automation", "create", "--from-file", str(filled))
 
 
 def test_the_shipped_automations_are_created_from_their_files_and_fire_on_the_flows_events(
@@ -93,6 +96,12 @@ def test_the_shipped_automations_are_created_from_their_files_and_fire_on_the_fl
 
     from tasks.core.job_warnings import JobWarning
     from tasks.report import emit_job_event, emit_job_warning_events
+
+    with get_client(sync_client=True) as client:
+        name = client.read_block_document(notification_block).name
+    # The README's way to the id: `prefect block inspect <type>/<name> -o json`.
+    shown = _prefect("block", "inspect", f"custom-webhook/{name}", "-o", "json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == notification_block, shown.stdout
 
     files = sorted(AUTOMATIONS.glob("*.yaml"))
     assert {f.name for f in files} >= {"job-failed.yaml", "job-stuck.yaml"}
