@@ -64,7 +64,7 @@ def value_expr(node: Any, path: str, name: str) -> pl.Expr:
     if kind == "integer":
         return (n % 100).cast(pl.Int64)
     if kind == "number":
-        return (n % 1000).cast(pl.Float64) / 1000
+        return ((n % 1000).cast(pl.Float64) / 1000).round(3)
     if kind == "boolean":
         return (n % 2) == 0
     if kind == "array":
@@ -85,7 +85,8 @@ def _wrong(node: Any) -> pl.Expr:
         return pl.lit("forty-two")
     if kind == "boolean":
         return pl.lit("yes")
-    return pl.lit("not a " + str(kind or "value"))
+    kind = str(kind or "value")
+    return pl.lit(f"not an {kind}" if kind[0] in "aeiou" else f"not a {kind}")
 
 
 def _object_with(schema: dict[str, Any], replace: dict[str, pl.Expr | None]) -> pl.Expr:

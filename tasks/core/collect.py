@@ -23,7 +23,13 @@ from boto3.s3.transfer import TransferConfig
 from tasks.aws import AwsSettings, client, join_s3, split_s3_uri, storage_options
 from tasks.core import answers
 from tasks.core.answers import KEY, RequestScope
-from tasks.core.formats import ModelFamily, parse_output_bytes, parse_output_lines, result_schema
+from tasks.core.formats import (
+    ModelFamily,
+    decode_outputs,
+    parse_output_bytes,
+    parse_output_lines,
+    results_with_output,
+)
 from tasks.core.sources import RECORD_ID
 
 RESULTS_DIR = "results"
@@ -70,12 +76,12 @@ def error_counts(frame: pl.DataFrame) -> dict[str, int]:
 
 
 def _empty_results(family: ModelFamily) -> pl.DataFrame:
-    return pl.DataFrame(schema={RECORD_ID: pl.String, **result_schema(family)})
+    return pl.DataFrame(schema={RECORD_ID: pl.String, **results_with_output(family)})
 
 
 def _input_side(snapshot: pl.DataFrame, family: ModelFamily) -> tuple[pl.DataFrame, list[str]]:
     """Rename input columns that clash with result names (`response` -> `response_input`)."""
-    clash = [c for c in result_schema(family) if c in snapshot.columns]
+    clash = [c for c in results_with_output(family) if c in snapshot.columns]
     if not clash:
         return snapshot, []
     renamed = snapshot.rename({c: f"{c}_input" for c in clash})
@@ -110,7 +116,7 @@ def join_results(
     missing_message: str = "no output record for this recordId",
 ) -> pl.DataFrame:
     """Input rows (in their order) + result columns: exactly one output row per input row."""
-    schema = result_schema(family)
+    schema = [c for c in results_with_output(family) if c in results.columns]
     best = best_per_record(results).select(RECORD_ID, *schema)
     found = pl.col("__found")
     joined = snapshot.join(
@@ -130,8 +136,14 @@ def join_results(
 
 
 def conform(frame: pl.DataFrame, family: ModelFamily, input_columns: Sequence[str] | None = None) -> pl.DataFrame:
-    """The output schema exactly: input columns, then result columns with their dtypes (missing -> null)."""
-    schema = result_schema(family)
+    """The output schema exactly: input columns, then result columns with their dtypes (missing -> null).
+
+    A structured family's `output` is decoded from `response` when the frame has none (answers from the
+    cache or on-demand calls carry only the text); an answer outside the schema becomes `invalid_output`.
+    """
+    schema = results_with_output(family)
+    if "output" in schema and "output" not in frame.columns and family.result_column in frame.columns:
+        frame = decode_outputs(frame, family)
     inputs = list(input_columns) if input_columns is not None else [c for c in frame.columns if c not in schema]
     results = [(pl.col(c) if c in frame.columns else pl.lit(None)).cast(dtype).alias(c) for c, dtype in schema.items()]
     return frame.select(*inputs, *results)

@@ -173,6 +173,22 @@ class Estimate:
         )
 
 
+def schema_input_tokens(family: Any) -> int:
+    """Input tokens a structured family's `output_schema` adds to each request: the forced tool's
+    definition (Claude, Nova, Converse) or the instructions appended to the prompt (Llama, Mistral), at
+    ceil(UTF-8 bytes / 4) like the rest of the estimate. 0 for a family without a schema.
+
+    Tool use also has the model's own tool-use system prompt (hundreds of tokens on Claude, per request),
+    which no byte count sees: `tool_overhead_tokens` in `estimate` is where to add it when known.
+    """
+    schema = getattr(family, "schema", None)
+    if schema is None:
+        return 0
+    from tasks.core.families import spec_of
+
+    return math.ceil(schema.added_bytes(tools=spec_of(family).uses_tools) / 4)
+
+
 def estimate(
     total_records: int,
     input_tokens: int,
@@ -188,13 +204,24 @@ def estimate(
     duration: DurationModel | None = None,
     price: Price | None = None,
     prices: PriceTable | None = None,
+    family: Any = None,
+    tool_overhead_tokens: int = 0,
 ) -> Estimate:
     """Cost bound, expected cost and makespan of `total_records` in `n_shards` jobs over `slots` slots.
 
-    `input_tokens` is the run's total input-token estimate; `max_output_tokens` the per-record cap
-    (0 for embeddings). Output bound = records x cap; expected = bound x `expected_output_ratio`.
-    Quota figures only produce warnings: planning shards is `tasks.core.plan`'s job.
+    `input_tokens` is the run's total input-token estimate (of the rendered prompts); `max_output_tokens`
+    the per-record cap (0 for embeddings). Output bound = records x cap; expected = bound x
+    `expected_output_ratio`. With a structured `family` (`ModelFamily.output_schema`), each record also
+    counts what the schema adds to its request (`schema_input_tokens`, plus `tool_overhead_tokens` when the
+    family forces it through tool use). Quota figures only produce warnings: planning shards is
+    `tasks.core.plan`'s job.
     """
+    per_record = schema_input_tokens(family)
+    if per_record:
+        from tasks.core.families import spec_of
+
+        per_record += tool_overhead_tokens if spec_of(family).uses_tools else 0
+        input_tokens += per_record * total_records
     if total_records < 0 or input_tokens < 0 or max_output_tokens < 0:
         raise ValueError("records and token counts must be >= 0")
     if slots < 1 or n_shards < (1 if total_records else 0):

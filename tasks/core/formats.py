@@ -40,25 +40,31 @@ __all__ = [
     "UnknownModelError",
     "base_model_id",
     "build_lines",
+    "decode_outputs",
     "error_row",
     "invoke_request",
     "model_input_dtype",
     "model_input_expr",
+    "output_columns",
     "parse_invoke_response",
     "parse_output_bytes",
     "parse_output_lines",
     "request_line_expr",
     "resolve_family",
     "result_schema",
+    "results_with_output",
 ]
 
 
 # Bedrock's record-level errors worth another attempt, plus our own codes for rows that never ran.
+# `invalid_output` (an answer outside the template's output_schema) is retried too: models answer again
+# differently, and a repair round costs only the few records that need it.
 RETRYABLE_ERROR_CODES: frozenset[str] = frozenset(
     {"408", "424", "429", "500", "502", "503", "504", "missing", "expired", "job_failed", "malformed_output",
-     "request_mismatch"}
+     "request_mismatch", "invalid_output"}
 )
-ERROR_CODES_OWN = ("missing", "malformed_output", "invalid_input", "job_failed", "expired", "request_mismatch")
+ERROR_CODES_OWN = ("missing", "malformed_output", "invalid_input", "job_failed", "expired", "request_mismatch",
+                   "invalid_output")
 
 RESULT_COLUMNS = ("error_code", "error_message", "input_tokens", "output_tokens", "stop_reason")
 MALFORMED_SNIPPET_CHARS = 200
@@ -68,8 +74,12 @@ MALFORMED_SNIPPET_CHARS = 200
 
 
 def model_input_expr(family: ModelFamily, settings: InferenceSettings, prompt: pl.Expr) -> pl.Expr:
-    """The `modelInput` struct for every row; optional parameters are omitted, never sent as null."""
-    return spec_of(family).model_input(settings, prompt)
+    """The `modelInput` struct for every row; optional parameters are omitted, never sent as null. A
+    structured family (`family.output_schema`) forces its schema in the family's own way."""
+    spec, schema = spec_of(family), family.schema
+    if schema is not None:
+        return spec.structured_input(settings, prompt, schema)
+    return spec.model_input(settings, prompt)
 
 
 def model_input_dtype(family: ModelFamily, settings: InferenceSettings) -> pl.DataType:
@@ -105,15 +115,36 @@ def build_lines(lf: pl.LazyFrame, family: ModelFamily, settings: InferenceSettin
 # ---------------------------------------------------------------------------------------------- outputs
 
 
-def _line_dtype(family: ModelFamily) -> pl.Struct:
+def _line_dtype(family: ModelFamily, *, tool_text: bool = False) -> pl.Struct:
+    """The output line's type. `tool_text`: a structured tool family's output type, whose tool call input
+    is read as text (only Polars' NDJSON reader turns an object into its JSON text for a String field)."""
+    spec = spec_of(family)
+    output = spec.structured_dtype if tool_text and family.schema and spec.structured_dtype else spec.output_dtype
     # `modelInput` is deliberately absent: it echoes the (long) prompt and we never need it back.
     return pl.Struct(
         {
             "recordId": pl.String,
-            "modelOutput": spec_of(family).output_dtype,
+            "modelOutput": output,
             "error": pl.Struct({"errorCode": pl.String, "errorMessage": pl.String}),
         }
     )
+
+
+def output_columns(family: ModelFamily) -> dict[str, pl.DataType]:
+    """`output` (the schema's Struct) for a structured family, else nothing. Kept apart from
+    `result_schema`: the answer cache stores `response` and the output is decoded from it again."""
+    schema = family.schema
+    return {"output": schema.dtype} if schema is not None else {}
+
+
+def results_with_output(family: ModelFamily) -> dict[str, pl.DataType]:
+    """`result_schema` with `output` after the result column, as result rows and parts carry them."""
+    out: dict[str, pl.DataType] = {}
+    for name, dtype in result_schema(family).items():
+        out[name] = dtype
+        if name == family.result_column:
+            out.update(output_columns(family))
+    return out
 
 
 def result_schema(family: ModelFamily) -> dict[str, pl.DataType]:
@@ -159,6 +190,7 @@ def parse_output_lines(lines: pl.DataFrame, family: ModelFamily, *, suspect: boo
     df = lines.select(pl.col("line").cast(pl.String)).filter(pl.col("line").str.strip_chars().str.len_bytes() > 0)
     line = pl.col("line")
     dtype = _line_dtype(family)
+    answer_path = spec_of(family).answer_path if family.schema is not None else None
     decoded: pl.Series | None = None
     if not suspect:
         try:  # the normal case: one decode of the whole file
@@ -170,7 +202,8 @@ def parse_output_lines(lines: pl.DataFrame, family: ModelFamily, *, suspect: boo
         # the bisection below only has to find lines that are JSON of an unexpected shape.
         decodable = df.select(pl.when(line.str.json_path_match("$.recordId").is_not_null()).then(line))
         decoded = _decode_robust(decodable.to_series(), dtype)
-    return _results(df.with_columns(decoded.alias("_d")), family)
+    answer = line.str.json_path_match(answer_path) if answer_path else None
+    return _structure(_results(df.with_columns(decoded.alias("_d")), family, answer), family, None)
 
 
 def parse_output_bytes(data: bytes, family: ModelFamily) -> pl.DataFrame:
@@ -179,7 +212,9 @@ def parse_output_bytes(data: bytes, family: ModelFamily) -> pl.DataFrame:
     About twice as fast as decoding a column of lines; the reader refuses the whole file on one bad
     line, in which case the file is split into lines and parsed line-wise (same result either way).
     """
-    dtype = _line_dtype(family)
+    spec = spec_of(family)
+    tool_text = family.schema is not None and spec.structured_dtype is not None
+    dtype = _line_dtype(family, tool_text=tool_text)
     blank = not data or data.isspace()  # stops at the first other byte: no copy, no full scan
     try:
         decoded = None if blank else pl.read_ndjson(data, schema=dtype.to_schema())
@@ -187,13 +222,74 @@ def parse_output_bytes(data: bytes, family: ModelFamily) -> pl.DataFrame:
         decoded = None
     if decoded is not None and decoded.get_column("recordId").null_count() == 0:
         frame = decoded.select(pl.lit(None, dtype=pl.String).alias("line"), pl.struct(pl.all()).alias("_d"))
-        return _results(frame, family)
+        answer = spec.structured_answer(pl.col("_d").struct.field("modelOutput")) if tool_text else None
+        assert not tool_text or spec.structured_answer is not None, f"{family.name}: structured_answer missing"
+        return _structure(_results(frame, family, answer), family, data)
     lines = pl.DataFrame(schema={"line": pl.String}) if blank else pl.read_lines(data, name="line")
     return parse_output_lines(lines, family, suspect=decoded is None)
 
 
-def _results(df: pl.DataFrame, family: ModelFamily) -> pl.DataFrame:
-    """Result rows from `line` (raw text, for error snippets) and `_d` (the decoded struct or null)."""
+_ESCAPED = r"[\\\x00-\x1f]"
+
+
+def _structure(results: pl.DataFrame, family: ModelFamily, data: bytes | None) -> pl.DataFrame:
+    """Decode and validate the answers of a structured family (`tasks/core/schema.py`): `output` after
+    `response`; an answer outside the schema becomes `invalid_output`, its message naming the field.
+
+    `__answer` holds a tool call's input as JSON text. From the fast NDJSON read (`data` given) it is
+    Polars' rendering, exact unless the value has a backslash or control character (Polars leaves those
+    unescaped): for those few records the exact JSON is read again from their lines. `response` keeps the
+    answer's text: the tool input's JSON, or the text the model answered instead.
+    """
+    schema = family.schema
+    if schema is None:
+        return results.drop("__answer", strict=False)
+    spec = spec_of(family)
+    if "__answer" in results.columns and data is not None and spec.answer_path:
+        risky = results.select(pl.col("__answer").str.contains(_ESCAPED).fill_null(False)).to_series()
+        if risky.any():
+            lines = pl.read_lines(data, name="line").filter(pl.col("line").str.strip_chars().str.len_bytes() > 0)
+            if lines.height == results.height:
+                idx = risky.arg_true()
+                exact = lines["line"].gather(idx).str.json_path_match(spec.answer_path)
+                results = results.with_columns(results["__answer"].scatter(idx, exact))
+            else:  # cannot happen for a file the reader took whole; stay exact whatever it costs
+                return parse_output_lines(lines, family, suspect=True)
+    if "__answer" in results.columns:
+        ok = pl.col("error_code").is_null()
+        results = results.with_columns(
+            pl.when(ok).then(pl.coalesce("__answer", "response")).otherwise(pl.col("response")).alias("response")
+        ).drop("__answer")
+    return decode_outputs(results, family).select("record_id", *results_with_output(family))
+
+
+def decode_outputs(frame: pl.DataFrame, family: ModelFamily) -> pl.DataFrame:
+    """Add `output` decoded from `response` where the row has no error; an answer outside the schema gets
+    `error_code="invalid_output"` and a message naming the field (plus a hint when it was cut short)."""
+    schema = family.schema
+    if schema is None:
+        return frame
+    ok = pl.col("error_code").is_null() if "error_code" in frame.columns else pl.lit(True)
+    decoded = schema.decode(frame.select(pl.when(ok).then(pl.col(family.result_column))).to_series())
+    error = pl.lit(decoded["error"])
+    if "stop_reason" in frame.columns:
+        cut = pl.col("stop_reason").is_in(["max_tokens", "length"]).fill_null(False)
+        error = pl.when(cut).then(error + pl.lit(" (the answer was cut at max_tokens: raise max_tokens)")).otherwise(
+            error
+        )
+    bad = ok & decoded["error"].is_not_null()
+    code = pl.col("error_code") if "error_code" in frame.columns else pl.lit(None, pl.String)
+    message = pl.col("error_message") if "error_message" in frame.columns else pl.lit(None, pl.String)
+    return frame.with_columns(
+        pl.when(bad).then(pl.lit("invalid_output")).otherwise(code).alias("error_code"),
+        pl.when(bad).then(error).otherwise(message).alias("error_message"),
+        pl.when(ok).then(pl.lit(decoded["output"])).alias("output"),
+    )
+
+
+def _results(df: pl.DataFrame, family: ModelFamily, answer: pl.Expr | None = None) -> pl.DataFrame:
+    """Result rows from `line` (raw text, for error snippets) and `_d` (the decoded struct or null);
+    `answer` adds `__answer` (a structured tool family's tool input, as text)."""
     line = pl.col("line")
     d = pl.col("_d").struct.field
     err = d("error").struct.field
@@ -233,6 +329,7 @@ def _results(df: pl.DataFrame, family: ModelFamily) -> pl.DataFrame:
         pl.when(malformed).then(None).otherwise(extracted["input_tokens"]).cast(pl.Int64).alias("input_tokens"),
         pl.when(malformed).then(None).otherwise(extracted["output_tokens"]).cast(pl.Int64).alias("output_tokens"),
         pl.when(malformed).then(None).otherwise(extracted["stop_reason"]).cast(pl.String).alias("stop_reason"),
+        *([pl.when(ok).then(answer).cast(pl.String).alias("__answer")] if answer is not None else []),
     )
 
 

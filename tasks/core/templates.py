@@ -5,6 +5,9 @@ placeholders: `{topic}` reads the `topic` column, `{{`/`}}` are literal braces. 
 template once into a `pl.concat_str` of literals and columns, so a million rows cost one expression,
 not a million `str.format` calls. Problems that would waste a batch job are caught here, before upload:
 a missing column is a `TemplateError`; a null in a key column is that row's `input_error`.
+
+A template may declare `output_schema` (a JSON Schema subset, `tasks/core/schema.py`): requests then ask
+for that shape and results gain a typed `output` column. It is checked when the template loads.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 
 import polars as pl
 import yaml
+
+from tasks.core.schema import OutputSchema, SchemaError
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 
@@ -36,13 +41,27 @@ class PromptTemplate:
     temperature: float | None = None
     top_p: float | None = None
     description: str = ""
+    output_schema: str | None = None  # compact JSON of a validated `output_schema`
+
+    @property
+    def schema(self) -> OutputSchema | None:
+        return OutputSchema.parse(self.output_schema) if self.output_schema else None
 
     @classmethod
     def from_text(cls, prompt_id: str, template: str, **defaults: Any) -> PromptTemplate:
         """Build a template from its text; the keys are parsed from the placeholders."""
+        if defaults.get("output_schema") is not None:
+            defaults["output_schema"] = _schema_json(defaults["output_schema"], f"template {prompt_id!r}")
         return cls(
             prompt_id=prompt_id, template=template, keys=template_keys(template, prompt_id), **defaults
         )
+
+
+def _schema_json(raw: Any, origin: str) -> str:
+    try:
+        return OutputSchema.parse(raw).schema_json()
+    except SchemaError as exc:
+        raise TemplateError(f"{origin}: {exc}") from None
 
 
 def _parse(template: str, prompt_id: str) -> list[tuple[str, str | None]]:
@@ -76,7 +95,9 @@ def template_from_dict(data: dict[str, Any], *, default_id: str, origin: str) ->
     """Validate one YAML document into a `PromptTemplate` (unknown fields are errors, to catch typos)."""
     if not isinstance(data, dict) or not isinstance(data.get("template"), str):
         raise TemplateError(f"{origin}: expected a mapping with a 'template' string")
-    allowed = {"prompt_id", "template", "keys", "system", "max_tokens", "temperature", "top_p", "description"}
+    allowed = {
+        "prompt_id", "template", "keys", "system", "max_tokens", "temperature", "top_p", "description", "output_schema",
+    }
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise TemplateError(f"{origin}: unknown fields {unknown}; allowed: {sorted(allowed)}")
@@ -96,6 +117,7 @@ def template_from_dict(data: dict[str, Any], *, default_id: str, origin: str) ->
         temperature=float(data["temperature"]) if data.get("temperature") is not None else None,
         top_p=float(data["top_p"]) if data.get("top_p") is not None else None,
         description=str(data.get("description") or ""),
+        output_schema=_schema_json(data["output_schema"], origin) if data.get("output_schema") is not None else None,
     )
 
 

@@ -12,17 +12,34 @@ A family module declares one `FamilySpec` named `FAMILY` (see `tasks/core/famili
 - `on_demand_request(body)` / `on_demand_output(response)`: the bedrock-runtime call for one record and
   the `modelOutput` dict of its response (default: `InvokeModel` with the body as JSON).
 - `defaults`: family defaults for `InferenceSettings` fields (below the template's and explicit values).
+- structured outputs (a template's `output_schema`, `tasks/core/schema.py`): `force_schema(body, schema)`
+  adds the family's native way of forcing the schema to the `modelInput` struct (tool use); families
+  without it get the schema as instructions appended to the prompt and their text answer parsed strictly.
+  A tool family also declares `structured_dtype` (its `modelOutput` type with the tool call's input read
+  as text), `structured_answer` (that text, from the decoded output) and `answer_path` (a JSONPath to the
+  tool input from the output line's root, for the exact text when the fast read cannot give it).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 import polars as pl
+
+if TYPE_CHECKING:
+    from tasks.core.schema import OutputSchema
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_schema(text: str) -> OutputSchema:
+    from tasks.core.schema import OutputSchema
+
+    return OutputSchema.parse(text)
 
 
 class UnknownModelError(ValueError):
@@ -31,10 +48,31 @@ class UnknownModelError(ValueError):
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """A request/response format. `kind` decides whether results carry `response` or `embedding`."""
+    """A request/response format. `kind` decides whether results carry `response` or `embedding`.
+
+    `output_schema` (compact JSON, from a template's `output_schema`) makes it structured: requests force
+    that schema and results gain a typed `output` column. It travels with the family, so every step that
+    builds or parses records for the run agrees on it.
+    """
 
     name: str
     kind: str  # "text" | "embedding"
+    output_schema: str | None = None
+
+    def structured(self, output_schema: Any) -> ModelFamily:
+        """This family asking for `output_schema` (a dict, JSON text, an `OutputSchema` or None)."""
+        if output_schema is None:
+            return replace(self, output_schema=None)
+        if self.kind != "text":
+            raise ValueError(f"family {self.name!r} makes embeddings: an output_schema needs a text model")
+        from tasks.core.schema import OutputSchema
+
+        parsed = output_schema if isinstance(output_schema, OutputSchema) else OutputSchema.parse(output_schema)
+        return replace(self, output_schema=parsed.schema_json())
+
+    @property
+    def schema(self) -> OutputSchema | None:
+        return _parsed_schema(self.output_schema) if self.output_schema else None
 
     @property
     def result_column(self) -> str:
@@ -156,6 +194,18 @@ def path(out: pl.Expr, dotted: str) -> pl.Expr:
     return expr
 
 
+def tool_definition(schema: OutputSchema) -> dict[str, Any]:
+    """The one tool a structured request forces (name, description, JSON Schema)."""
+    from tasks.core.schema import DEFAULT_TOOL_DESCRIPTION, DEFAULT_TOOL_NAME
+
+    return {"name": DEFAULT_TOOL_NAME, "description": DEFAULT_TOOL_DESCRIPTION, "schema": schema.tool_schema()}
+
+
+def first_tool_input(blocks: pl.Expr, block_input: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:
+    """The text of the first content block that carries a tool input (null: none does)."""
+    return blocks.list.eval(block_input(pl.element()).drop_nulls()).list.first()
+
+
 # -------------------------------------------------------------------------------------------- on-demand
 
 
@@ -192,10 +242,25 @@ class FamilySpec:
     on_demand_request: Callable[[dict[str, Any]], tuple[str, dict[str, Any]]] = invoke_model_request
     on_demand_output: Callable[[Mapping[str, Any]], dict[str, Any]] = invoke_model_output
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    force_schema: Callable[[pl.Expr, OutputSchema], pl.Expr] | None = None
+    structured_dtype: pl.Struct | None = None
+    structured_answer: Callable[[pl.Expr], pl.Expr] | None = None
+    answer_path: str | None = None
 
     @property
     def family(self) -> ModelFamily:
         return ModelFamily(self.name, self.kind)
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether a structured request forces the schema through tool use (else: instructions)."""
+        return self.force_schema is not None
+
+    def structured_input(self, settings: InferenceSettings, prompt: pl.Expr, schema: OutputSchema) -> pl.Expr:
+        """`modelInput` asking for `schema`: the family's tool use, or the instructions after the prompt."""
+        if self.force_schema is not None:
+            return self.force_schema(self.model_input(settings, prompt), schema)
+        return self.model_input(settings, pl.concat_str([prompt, pl.lit("\n\n" + schema.instructions())]))
 
     def extract(self, out: pl.Expr) -> dict[str, pl.Expr]:
         """Result, token counts and stop reason from a decoded `modelOutput` struct."""

@@ -22,7 +22,7 @@ def model_input(s: InferenceSettings, prompt: pl.Expr) -> pl.Expr:
 
 
 def on_demand_request(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """`converse` kwargs without modelId: `messages`, `system`?, `inferenceConfig`."""
+    """`converse` kwargs without modelId: `messages`, `system`?, `inferenceConfig`, `toolConfig`?."""
     return "converse", body
 
 
@@ -42,4 +42,8 @@ FAMILY = FamilySpec(
     stop_reason="stopReason",
     on_demand_request=on_demand_request,
     on_demand_output=on_demand_output,
+    force_schema=nova.force_schema,
+    structured_dtype=nova.STRUCTURED_DTYPE,
+    structured_answer=nova.structured_answer,
+    answer_path=nova.ANSWER_PATH,
 )

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import polars as pl
 
 from tasks.core.families.base import (
     TEXT_BLOCKS,
     FamilySpec,
     InferenceSettings,
+    first_tool_input,
     join_text,
     lit_int,
     sampling,
+    tool_definition,
     user_messages,
 )
+
+if TYPE_CHECKING:
+    from tasks.core.schema import OutputSchema
 
 
 def messages_body(s: InferenceSettings, prompt: pl.Expr, *, schema_version: bool) -> pl.Expr:
@@ -47,6 +54,46 @@ def response(out: pl.Expr) -> pl.Expr:
     return join_text(out.struct.field("output").struct.field("message").struct.field("content"))
 
 
+def force_schema(body: pl.Expr, schema: OutputSchema) -> pl.Expr:
+    """`toolConfig` with one tool whose `inputSchema.json` is the schema, forced by `toolChoice.tool`
+    (the same for Nova's InvokeModel body and the Converse API)."""
+    tool = tool_definition(schema)
+    spec = {"name": tool["name"], "description": tool["description"], "inputSchema": {"json": tool["schema"]}}
+    return body.struct.with_fields(
+        toolConfig=pl.lit({"tools": [{"toolSpec": spec}], "toolChoice": {"tool": {"name": tool["name"]}}})
+    )
+
+
+# The tool call's `input` read as text: Polars' NDJSON reader gives an object's JSON for a String field.
+STRUCTURED_DTYPE = pl.Struct(
+    {
+        "output": pl.Struct(
+            {
+                "message": pl.Struct(
+                    {
+                        "content": pl.List(
+                            pl.Struct(
+                                {"text": pl.String, "toolUse": pl.Struct({"name": pl.String, "input": pl.String})}
+                            )
+                        )
+                    }
+                )
+            }
+        ),
+        "stopReason": pl.String,
+        "usage": pl.Struct({"inputTokens": pl.Int64, "outputTokens": pl.Int64}),
+    }
+)
+
+
+def structured_answer(out: pl.Expr) -> pl.Expr:
+    blocks = out.struct.field("output").struct.field("message").struct.field("content")
+    return first_tool_input(blocks, lambda b: b.struct.field("toolUse").struct.field("input"))
+
+
+ANSWER_PATH = "$.modelOutput.output.message.content[*].toolUse.input"
+
+
 FAMILY = FamilySpec(
     name="nova",
     kind="text",
@@ -58,4 +105,8 @@ FAMILY = FamilySpec(
     input_tokens="usage.inputTokens",
     output_tokens="usage.outputTokens",
     stop_reason="stopReason",
+    force_schema=force_schema,
+    structured_dtype=STRUCTURED_DTYPE,
+    structured_answer=structured_answer,
+    answer_path=ANSWER_PATH,
 )
