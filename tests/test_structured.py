@@ -19,7 +19,7 @@ from emulator.records import generate, output_lines
 from emulator.structured import Breakage
 from tasks.core import cost
 from tasks.core.answers import RequestScope
-from tasks.core.collect import collect_lines, conform, echo_mismatches
+from tasks.core.collect import apply_repairs, collect_lines, conform, echo_mismatches
 from tasks.core.formats import (
     RETRYABLE_ERROR_CODES,
     InferenceSettings,
@@ -275,3 +275,25 @@ def _output_file_plain(n: int) -> bytes:
     )
     lines = build_lines(rows.lazy(), family, settings).collect()["line"]
     return output_lines(generate(lines, emulated, model), end="\n").str.join("").item().encode()
+
+
+def test_repaired_rows_get_their_output() -> None:
+    """Repair results carry `response` only: the merged part decodes their `output` from it."""
+    family = _family("claude", SENTIMENT)
+    snapshot = pl.DataFrame({"record_id": [f"r{i:04d}" for i in range(200)], "input_text": ["x"] * 200})
+    base = collect_lines(_output_file("claude", 200, rate=0.3, template=SENTIMENT), snapshot, family).frame
+    failed = base.filter(pl.col("error_code") == "invalid_output")
+    assert failed.height > 20
+    fixed = failed.select(
+        "record_id",
+        pl.lit('```json\n{"label": "neutral",\n "confidence": 0.25}\n```').alias("response"),
+        *[pl.lit(None, dtype).alias(c) for c, dtype in (("error_code", pl.String), ("error_message", pl.String))],
+    )
+    merged = apply_repairs(base, fixed)
+    assert merged.columns == base.columns and merged.schema == base.schema
+    assert merged["error_code"].null_count() == 200
+    assert merged.filter(pl.col("record_id").is_in(failed["record_id"].implode()))["output"].to_list() == [
+        {"label": "neutral", "confidence": 0.25}
+    ] * failed.height
+    kept = merged.filter(~pl.col("record_id").is_in(failed["record_id"].implode()))
+    assert kept.equals(base.filter(~pl.col("record_id").is_in(failed["record_id"].implode())))

@@ -30,6 +30,7 @@ from tasks.core.formats import (
     parse_output_lines,
     results_with_output,
 )
+from tasks.core.schema import decode_as
 from tasks.core.sources import RECORD_ID
 
 RESULTS_DIR = "results"
@@ -358,7 +359,16 @@ def mark_invalid(invalid_uri: str, family: ModelFamily, aws: AwsSettings) -> pl.
 
 
 def apply_repairs(base: pl.DataFrame, repaired: pl.DataFrame) -> pl.DataFrame:
-    """Replace the result columns of the rows a repair re-ran; row order and input columns stay."""
+    """Replace the result columns of the rows a repair re-ran; row order and input columns stay.
+
+    Repaired rows without an `output` (repair results carry the answer text) get it decoded from their
+    `response` into the base's `output` type: they were validated when collected.
+    """
+    if "output" in base.columns and "output" not in repaired.columns and "response" in repaired.columns:
+        ok = repaired.get_column("error_code").is_null() if "error_code" in repaired.columns else None
+        texts = repaired.get_column("response") if ok is None else repaired.select(
+            pl.when(pl.lit(ok)).then(pl.col("response"))).to_series()
+        repaired = repaired.with_columns(decode_as(texts, base.schema["output"]).alias("output"))
     result_cols = [c for c in repaired.columns if c != RECORD_ID and c in base.columns]
     fresh = best_per_record(repaired).select(RECORD_ID, *result_cols)
     merged = base.join(fresh, on=RECORD_ID, how="left", maintain_order="left", suffix="__new")

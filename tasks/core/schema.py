@@ -425,14 +425,7 @@ class OutputSchema:
         A surrounding markdown code fence and blanks are tolerated; anything else around the object is not.
         """
         n = len(answers)
-        text = answers.cast(pl.String).str.strip_chars()
-        fenced = text.str.starts_with("```")
-        if fenced.any():
-            text = pl.select(
-                pl.when(fenced)
-                .then(text.str.replace(r"^```[A-Za-z]*\s*", "").str.replace(r"\s*```$", ""))
-                .otherwise(text)
-            ).to_series()
+        text = _unfenced(answers)
         shaped = text.str.starts_with("{") & text.str.ends_with("}")
         # One line each for the NDJSON reader: a raw newline can only be blank space between tokens of
         # valid JSON (inside a string it must be escaped), so texts with one are re-encoded, as are all if
@@ -486,6 +479,44 @@ class OutputSchema:
             .alias("output")
         )["output"]
         return pl.DataFrame([output, errors])
+
+
+def _unfenced(answers: pl.Series) -> pl.Series:
+    """Answers without surrounding blanks or a markdown code fence (what some models wrap JSON in)."""
+    text = answers.cast(pl.String).str.strip_chars()
+    fenced = text.str.starts_with("```")
+    if fenced.any():
+        text = pl.select(
+            pl.when(fenced)
+            .then(text.str.replace(r"^```[A-Za-z]*\s*", "").str.replace(r"\s*```$", ""))
+            .otherwise(text)
+        ).to_series()
+    return text
+
+
+def _enums_as_text(dtype: pl.DataType) -> pl.DataType:
+    if isinstance(dtype, pl.Enum):
+        return pl.String()
+    if isinstance(dtype, pl.List):
+        return pl.List(_enums_as_text(dtype.inner))
+    if isinstance(dtype, pl.Struct):
+        return pl.Struct({f.name: _enums_as_text(f.dtype) for f in dtype.fields})
+    return dtype
+
+
+def decode_as(answers: pl.Series, dtype: pl.DataType) -> pl.Series:
+    """Answers already validated (by `OutputSchema.decode`) read into an output dtype, when only the dtype
+    is at hand (results re-joined without their `output`); an undecodable text gives null."""
+    text = _unfenced(answers)
+    try:
+        return text.str.json_decode(dtype)
+    except pl.exceptions.PolarsError:
+        canonical = text.str.json_path_match("$")
+        ok = canonical.str.starts_with("{").fill_null(False)
+        lines = pl.select(pl.when(ok).then(canonical).otherwise(pl.lit("{}"))).to_series()
+        read = _read(lines, _enums_as_text(dtype).to_schema())  # type: ignore[attr-defined]
+        value = read.select(pl.when(pl.lit(ok)).then(pl.struct(pl.all())).alias("v"))["v"]
+        return value.cast(dtype, strict=False)
 
 
 def parse_schema(raw: Any, where: str = "output_schema") -> OutputSchema:
