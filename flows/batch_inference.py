@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
+from prefect_aws import AwsCredentials
 
 from tasks.aws.preflight import refusal
 from tasks.core import cost as costs
@@ -47,46 +48,98 @@ def refused(err: ValueError) -> State:
     on_cancellation=[stop_run_jobs],
 )
 def batch_inference(
-    model_id: str = DEFAULT_MODEL,
+    # source
     s3_uri: str | None = None,
+    input_path: str | None = None,
     dataset_id: str | None = None,
     split: str = "train",
-    input_path: str | None = None,
-    job_name_prefix: str = "bedrock-batch",
+    record_id_column: str = "record_id",
+    # prompt and model
+    model_id: str = DEFAULT_MODEL,
     prompt_id: str | None = None,
     prompt_file: str | None = None,
     input_column: str = "input_text",
-    record_id_column: str = "record_id",
     invocation_type: InvocationType = "InvokeModel",
+    # inference settings
     max_tokens: int | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
     system_prompt: str | None = None,
     embedding_dimensions: int = 1024,
     embedding_normalize: bool = True,
-    max_num_jobs: int | None = None,
+    # limits
+    max_concurrent_jobs: int = 20,
     max_records_per_job: int = 50_000,
     min_records_per_job: int = 100,
     max_record_bytes: int = 1_000_000,
-    max_concurrent_jobs: int = 20,
+    max_num_jobs: int | None = None,
     max_job_attempts: int = 3,
     timeout_hours: int = 72,
     poll_interval_s: float = 300.0,
     queued_warn_hours: float = 6.0,
     expiry_warn_hours: float = 6.0,
+    budget_usd: float | None = None,
+    # output and AWS
     output_uri: str | None = None,
+    job_name_prefix: str = "bedrock-batch",
     role_arn: str | None = None,
     region: str | None = None,
+    aws_credentials: AwsCredentials | None = None,
+    # behaviour
     repair_failed: bool = True,
-    stop_jobs_on_cancel: bool = True,
     reuse_answers: bool = True,
+    stop_jobs_on_cancel: bool = True,
     dry_run: bool = False,
-    budget_usd: float | None = None,
 ) -> dict[str, Any]:
     """Run a dataset through a Bedrock model with batch inference (50% of on-demand price).
 
-    Exactly one source: `s3_uri` (CSV/Parquet/JSONL file, folder or glob), `input_path` (the same on
-    disk) or `dataset_id` + `split` (Hugging Face). Output: Parquet under `output_uri`/<run key>/results/.
+    Exactly one source: `s3_uri`, `input_path` or `dataset_id` + `split`. Output: Parquet under
+    `output_uri`/<run key>/results/ (its manifest.json lists the parts).
+
+    Args:
+        s3_uri: Source. CSV, Parquet or JSONL on S3: a file, a folder (recursive) or a glob.
+        input_path: Source. The same on disk (a path the flow's machine can read).
+        dataset_id: Source. A Hugging Face dataset id, or a local dataset folder.
+        split: Source. The dataset split to read (with dataset_id).
+        record_id_column: Source. The column that identifies a row; without it each row gets r + its
+            10-digit index.
+        model_id: Prompt and model. A Bedrock model id, inference profile id (us., eu., apac., global.)
+            or ARN: Claude, Nova, Llama, Mistral, Titan Text Embeddings V2, others with Converse.
+        prompt_id: Prompt and model. A template of prompts/ (joke_about_topic, sentiment_classifier,
+            question_answering...); not needed for embeddings.
+        prompt_file: Prompt and model. A template YAML file instead of prompt_id.
+        input_column: Prompt and model. The text column an embedding model reads.
+        invocation_type: Prompt and model. InvokeModel (the family's native body) or Converse.
+        max_tokens: Inference settings. Longest answer; empty: the template's, else the family's default.
+        temperature: Inference settings. Sampling temperature; empty: the template's or the model's.
+        top_p: Inference settings. Nucleus sampling; empty: the template's or the model's.
+        system_prompt: Inference settings. Replaces the template's system prompt.
+        embedding_dimensions: Inference settings. Titan Text Embeddings V2: 256, 512 or 1024.
+        embedding_normalize: Inference settings. Titan Text Embeddings V2: unit-length vectors.
+        max_concurrent_jobs: Limits. This run's jobs in flight at most (the model's shared quota is
+            the operator's concurrency limit).
+        max_records_per_job: Limits. Bedrock's largest job (records); lower it for shorter jobs.
+        min_records_per_job: Limits. Bedrock's smallest job; fewer rows than this go on-demand.
+        max_record_bytes: Limits. A request line above this refuses the run before any upload.
+        max_num_jobs: Limits. Cap the number of jobs (a trial run on the first rows); empty: all.
+        max_job_attempts: Limits. A Failed or Expired job is resubmitted under a new name up to this
+            many times.
+        timeout_hours: Limits. Bedrock's job timeout (24 to 168 hours).
+        poll_interval_s: Limits. The longest wait between two polls of a job (adaptive below it).
+        queued_warn_hours: Limits. Warn (log and event) when a job is queued this long.
+        expiry_warn_hours: Limits. Warn when a job is this close to its expiry.
+        budget_usd: Limits. Refuse to submit when the estimate at batch price is above this.
+        output_uri: Output and AWS. Where the run's folder and the answer cache go (s3://bucket/prefix).
+        job_name_prefix: Output and AWS. Prefix of job names and of the run's folder.
+        role_arn: Output and AWS. The Bedrock batch service role; required unless dry_run.
+        region: Output and AWS. AWS region; empty: the credentials' or the environment's.
+        aws_credentials: Output and AWS. A prefect-aws AwsCredentials block (profile or keys, region,
+            client parameters such as an endpoint URL); empty: the default credential chain.
+        repair_failed: Behaviour. Run again the records that failed for a retryable reason.
+        reuse_answers: Behaviour. Answer requests already answered (the answer cache) without paying
+            again.
+        stop_jobs_on_cancel: Behaviour. Cancelling the run stops its Bedrock jobs.
+        dry_run: Behaviour. Plan and estimate only: nothing is submitted.
     """
     try:  # bad input of any kind (a ValueError) refuses the run: nothing submitted, one line to read
         cfg = config_from_params(locals())

@@ -46,27 +46,47 @@ def _flag_type(hint: Any) -> tuple[Any, dict[str, Any]]:
     return str, {}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from flows.batch_inference import batch_inference
+def parameter_help(fn: Any) -> dict[str, tuple[str, str]]:
+    """Parameter -> (group, description) from the flow's docstring: the text the deployment form shows.
 
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.batch_inference",
-        description=(batch_inference.fn.__doc__ or "").strip().splitlines()[0],
-        epilog="Every flag mirrors a flow parameter of the same name (dashes for underscores).",
-    )
-    fn = batch_inference.fn
-    hints = typing.get_type_hints(fn)
+    Each description starts with its group ("Source. CSV, Parquet..."), which orders the form."""
     import inspect
 
+    from prefect.utilities.callables import parameter_docstrings
+
+    described = {}
+    for name, text in parameter_docstrings(inspect.getdoc(fn)).items():
+        group, _, rest = " ".join(text.split()).partition(". ")
+        described[name] = (group, rest)
+    return described
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import inspect
+
+    from flows.batch_inference import batch_inference
+
+    fn = batch_inference.fn
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.batch_inference",
+        description=(fn.__doc__ or "").strip().splitlines()[0],
+        epilog="Every flag mirrors a flow parameter of the same name (dashes for underscores); the help "
+               "texts are the deployment form's.",
+    )
+    hints = typing.get_type_hints(fn)
+    described = parameter_help(fn)
+    groups: dict[str, Any] = {}
     for name, param in inspect.signature(fn).parameters.items():
+        group_name, text = described[name]
+        group = groups.get(group_name) or groups.setdefault(group_name, parser.add_argument_group(group_name))
         kind, extra = _flag_type(hints[name])
         flag = "--" + name.replace("_", "-")
-        help_text = f"(default: {param.default!r})"
+        help_text = f"{text} (default: {param.default!r})".replace("%", "%%")
         if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text, **extra)
+            group.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text, **extra)
     parser.add_argument("--event", type=Path, help="the AWS sample's execution input (a JSON file)")
     parser.add_argument("--local", action="store_true",
                         help="run offline against the bundled emulator (no AWS); with no source: the sample")
@@ -87,6 +107,9 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         params.update(from_event(json.loads(args.event.read_text())))
     cli_only = {"event", "local", "emulator_profile", "output_dir", "debug"}
     params.update({k: v for k, v in vars(args).items() if k not in cli_only})
+    if isinstance(name := params.get("aws_credentials"), str):  # a saved block: the flow loads it by reference
+        slug = name if "/" in name else f"aws-credentials/{name}"
+        params["aws_credentials"] = {"$ref": {"block_document_slug": slug}}
     if args.local and not any(params.get(k) for k in ("s3_uri", "input_path", "dataset_id")):
         for key, value in SAMPLE.items():
             params.setdefault(key, value)
@@ -110,14 +133,15 @@ def start_local(profile: str | None) -> Any:
     return server
 
 
-def copy_results(results_uri: str, destination: Path) -> int:
-    """The run's result parts (as its manifest lists them) -> one local Parquet file."""
+def copy_results(results_uri: str, destination: Path, aws: Any = None) -> int:
+    """The run's result parts (as its manifest lists them) -> one local Parquet file (`aws`: the run's
+    AwsSettings; default: the environment's)."""
     import polars as pl
 
     from tasks.aws import storage_options
     from tasks.core.collect import result_part_uris
 
-    frame = pl.read_parquet(result_part_uris(results_uri), storage_options=storage_options())
+    frame = pl.read_parquet(result_part_uris(results_uri, aws), storage_options=storage_options(aws))
     destination.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(destination)
     return frame.height
@@ -215,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
 
+def run_aws(params: dict[str, Any]) -> Any:
+    """The AWS settings the run used: its `aws_credentials` block and `region`, else the environment's."""
+    from tasks.aws import AwsSettings, credentials_block
+
+    return AwsSettings.from_env(credentials=credentials_block(params.get("aws_credentials")),
+                                region=params.get("region"))
+
+
 def run(params: dict[str, Any], args: argparse.Namespace, debug: bool) -> int:
     from flows.batch_inference import batch_inference
     from tasks.aws.preflight import RunRefused
@@ -243,6 +275,6 @@ def run(params: dict[str, Any], args: argparse.Namespace, debug: bool) -> int:
     if summary.results_uri:
         prefix = params.get("job_name_prefix") or "bedrock-batch"
         destination = (args.output_dir / prefix / f"results-{summary.run_key}.parquet").resolve()
-        copy_results(summary.results_uri, destination)
+        copy_results(summary.results_uri, destination, run_aws(params))
         print(f"results: {destination}")
     return code

@@ -250,6 +250,7 @@ def test_local_deployment_runs_on_a_process_worker(tmp_path: Path) -> None:
         assert run.deployment_id == deployment.id
         assert deployment.work_pool_name == POOL
         assert run.parameters["input_path"] == str(SAMPLE)
+        assert_documented_form(deployment.parameter_openapi_schema)
 
         # The jobs table is republished as jobs move: the newest version of each key is the final one.
         by_key = {a.key: a for a in sorted(artifacts, key=lambda a: a.created) if a.key}
@@ -281,6 +282,17 @@ def test_local_deployment_runs_on_a_process_worker(tmp_path: Path) -> None:
     assert out["error_code"].null_count() == out.height
     expected = [f"Emulated reply to: Tell me a joke about {t} in less than 50 words." for t in out["topic"]]
     assert out["response"].to_list() == expected
+
+
+def assert_documented_form(schema: dict[str, Any]) -> None:
+    """The deployment form as the server holds it: every field described, grouped in the user's order."""
+    fields = sorted(schema["properties"].items(), key=lambda item: item[1]["position"])
+    undocumented = [name for name, field in fields if not field.get("description")]
+    assert not undocumented, undocumented
+    groups = [field["description"].split(". ", 1)[0] for _, field in fields]
+    order = ["Source", "Prompt and model", "Inference settings", "Limits", "Output and AWS", "Behaviour"]
+    assert list(dict.fromkeys(groups)) == order, groups  # each group's fields together, in this order
+    assert "AwsCredentials" in str(schema["properties"]["aws_credentials"])
 
 
 def _table(data: Any) -> list[dict[str, Any]]:
