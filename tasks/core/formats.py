@@ -41,7 +41,6 @@ __all__ = [
     "base_model_id",
     "build_lines",
     "decode_outputs",
-    "error_row",
     "invoke_request",
     "model_input_dtype",
     "model_input_expr",
@@ -358,15 +357,3 @@ def parse_invoke_response(family: ModelFamily, response: Mapping[str, Any]) -> d
     row = parse_output_lines(pl.DataFrame({"line": [line]}), family).row(0, named=True)
     row.pop("record_id")
     return row
-
-
-def error_row(family: ModelFamily, error_code: str, error_message: str) -> dict[str, Any]:
-    """A result row for a record that failed outside any model output (e.g. a runtime ClientError)."""
-    return {
-        family.result_column: None,
-        "error_code": error_code,
-        "error_message": error_message,
-        "input_tokens": None,
-        "output_tokens": None,
-        "stop_reason": None,
-    }

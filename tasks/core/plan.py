@@ -71,10 +71,6 @@ class ShardPlan:
     slots: int = 20
     reason: str = field(default="", compare=False)
 
-    @property
-    def records_covered(self) -> int:
-        return sum(s.records for s in self.shards)
-
 
 def _stops_ok(stops: np.ndarray, cum: np.ndarray, lo: int, hi: int, max_bytes: int) -> bool:
     starts = np.concatenate(([0], stops[:-1]))

@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import re
 import tempfile
 import time
@@ -457,7 +456,3 @@ def load_prepared(run_uri: str, aws: AwsSettings) -> PreparedRun | None:
         return None
     return PreparedRun.from_dict(json.loads(body))
 
-
-def estimated_tokens_ceil(text: str, system: str | None = None) -> int:
-    """The per-record token estimate for one prompt (same rule as `estimate_tokens_expr`)."""
-    return math.ceil((len(text.encode("utf-8")) + len((system or "").encode("utf-8"))) / 4)
