@@ -6,6 +6,9 @@ Stages (each timed in a fresh subprocess, the endpoint in another process):
             the emulator's own rows/s, next to prepare's
   collect   the first `--collect-shards` jobs' `.jsonl.out` -> joined Parquet (their own jobs without emulate)
   titan     `--titan-rows` embedding texts through Titan V2 at 1024 dims, then collect
+  structured (opt-in: `--stages structured`) `--structured-rows` texts through `sentiment_classifier` on Claude
+            twice, without and with its `output_schema` (tool use; typed `output`), then a third time with
+            the emulator breaking 20% of the answers: structured collect as a ratio to plain-text collect
   floors    the same bytes through Polars I/O only (see bench/stages.py), in the same run
   memory    prepare's peak RSS at each of `--memory-rows` (e.g. 1100000,2200000,4400000)
   makespan  the planner vs fixed slicing vs the lower bound (bench/makespan.py); with `--flow-rows`, the
@@ -180,6 +183,45 @@ def bench_titan(server: Endpoint, rows: int, tag: str) -> dict[str, Any]:
     return bench_collect(server, prepared, "titan", len(prepared["shards"]), "collect")
 
 
+def bench_structured(server: Endpoint, rows: int, tag: str) -> dict[str, Any]:
+    """The same rows and prompts collected as plain text and as structured output, in one run."""
+    from bench.stages import MODELS
+
+    _aws(server)
+    data = datagen.ensure("embeddings", rows)
+    out: dict[str, Any] = {"rows": rows}
+    prepared: dict[str, Any] = {}
+    for variant, structured, knobs in (
+        ("plain", False, {}), ("structured", True, {}), ("structured_invalid_20", True, {"invalid_output_rate": 0.2}),
+    ):
+        run_uri = f"s3://{BUCKET}/{tag}/structured-{variant}-{rows}"
+        if variant != "structured_invalid_20":  # the third variant sends the structured requests again
+            prepared = run_stage("prepare", {"model": "claude", "data": str(data), "run_uri": run_uri,
+                                             "prompt_id": "sentiment_classifier", "structured": structured},
+                                 server.env())
+        if knobs:
+            server.post("/_emulator/profile", {**FAST_JOBS, **knobs})
+        try:
+            jobs = run_jobs(server, prepared["shards"], MODELS["claude"], run_uri)
+        finally:
+            if knobs:
+                server.post("/_emulator/profile", FAST_JOBS)
+        collected = run_stage("collect", {"model": "claude", "jobs": jobs, "run_uri": f"{run_uri}/collect",
+                                          "prompt_id": "sentiment_classifier", "structured": structured},
+                              server.env())
+        errors: dict[str, int] = {}
+        for shard in collected["per_shard"]:
+            for code, n in shard["errors"].items():
+                errors[code] = errors.get(code, 0) + n
+        out[variant] = {"seconds": collected["seconds"], "rows": collected["rows"], "ok": collected["ok"],
+                        "errors": errors, "output_mb": _output_bytes(server, jobs) / 1e6,
+                        "peak_rss_mb": collected["peak_rss_mb"]}
+    plain = out["plain"]["seconds"]
+    out["structured_vs_plain"] = out["structured"]["seconds"] / plain
+    out["structured_invalid_20_vs_plain"] = out["structured_invalid_20"]["seconds"] / plain
+    return out
+
+
 def bench_flow(rows: int, slots: int, poll_s: float, target_s: float) -> dict[str, Any]:
     import subprocess
 
@@ -229,6 +271,15 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
                 f"{name}_peak_rss_mb": c["peak_rss_mb"],
                 f"{name}_output_mb": c["output_bytes"] / 1e6,
             })
+    st = res.get("structured")
+    if st:
+        out.update(
+            structured_rows=st["rows"],
+            structured_collect_vs_plain=st["structured_vs_plain"],
+            structured_invalid_20_collect_vs_plain=st["structured_invalid_20_vs_plain"],
+            structured_collect_rows_per_s=st["rows"] / st["structured"]["seconds"],
+            plain_collect_rows_per_s=st["rows"] / st["plain"]["seconds"],
+        )
     e = res.get("emulate")
     if e:
         out.update(
@@ -281,6 +332,8 @@ def table(s: dict[str, Any]) -> str:
     add("collect peak RSS MB", "collect_peak_rss_mb", ",.0f")
     add("Titan 1024 collect rows/s", "titan_collect_rows_per_s", ",.0f")
     add("Titan collect vs floor", "titan_collect_vs_floor", ".2f", "<= 3")
+    add("structured collect vs plain text", "structured_collect_vs_plain", ".2f", "<= 1.5")
+    add("  with 20% invalid answers", "structured_invalid_20_collect_vs_plain", ".2f")
     for n, mb in (s.get("memory_peak_rss_mb") or {}).items():
         rows.append((f"prepare peak RSS MB at {int(n):,}", f"{mb:,.0f}", ""))
     add("makespan vs lower bound", "makespan_vs_lower_bound", ".3f", "<= 1.05")
@@ -296,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the JSON object on stdout")
     parser.add_argument("--collect-shards", type=int, default=2)
     parser.add_argument("--titan-rows", type=int, default=None, help="default: min(rows, 20000)")
+    parser.add_argument("--structured-rows", type=int, default=None, help="default: min(rows, 200000)")
     parser.add_argument("--memory-rows", default="", help="comma-separated row counts for the RSS curve")
     parser.add_argument("--flow-rows", type=int, default=None,
                         help="run the real flow at this size for the makespan and refill delay "
@@ -310,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = set(args.stages.split(","))
     tag = f"b{int(time.time())}"
     res: dict[str, Any] = {"rows": args.rows, "machine": machine()}
-    if stages & {"prepare", "collect", "titan"}:
+    if stages & {"prepare", "collect", "titan", "structured"}:
         with endpoint(FAST_JOBS) as server:
             if stages & {"prepare", "emulate", "collect"}:
                 res["prepare"] = bench_prepare(server, args.rows, tag)
@@ -324,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if "titan" in stages:
                 res["titan"] = bench_titan(server, args.titan_rows or min(args.rows, 20_000), tag)
+            if "structured" in stages:
+                res["structured"] = bench_structured(server, args.structured_rows or min(args.rows, 200_000), tag)
             res["endpoint_peak_rss_mb"] = server.rss_mb()
     if args.memory_rows:
         res["memory"] = {}

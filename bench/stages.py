@@ -11,6 +11,8 @@ Stages and what they time (wall clock, `time.perf_counter`):
 - `prepare_floor`: Polars reading the same input Parquet, then writing NDJSON of the same total size and
   object count as prepare's JSONL + snapshots and uploading it the way prepare does.
 - `collect`: per shard, `collect_shard` + `write_result_part` (`.jsonl.out` -> joined Parquet on S3).
+  `prepare` and `collect` take `prompt_id` (default `question_answering`) and `structured` (the template's
+  `output_schema` forced and decoded, or left out): the `structured` benchmark runs both on the same rows.
 - `collect_floor`: reading the same `.jsonl.out` objects (boto3 `get_object`, as collect does) and snapshots
   (Polars `read_parquet`) from S3, then writing + uploading Parquet parts (zstd, the lines themselves) of the
   same size as collect's result parts.
@@ -68,7 +70,9 @@ def prepare(args: dict[str, Any]) -> dict[str, Any]:
     aws = AwsSettings.from_env()
     model = args["model"]
     family = resolve_family(MODELS[model])
-    template = load_template(prompt_id="question_answering") if model == "claude" else None
+    template = load_template(prompt_id=args.get("prompt_id", "question_answering")) if model == "claude" else None
+    if template is not None and args.get("structured"):
+        family = family.structured(template.output_schema)
     settings = InferenceSettings(
         max_tokens=(template.max_tokens or 512) if template else 512,
         system=template.system if template else None,
@@ -163,9 +167,12 @@ def prepare_floor(args: dict[str, Any]) -> dict[str, Any]:
 def collect(args: dict[str, Any]) -> dict[str, Any]:
     from tasks.core.collect import collect_shard, write_result_part
     from tasks.core.formats import resolve_family
+    from tasks.core.templates import load_template
 
     aws = AwsSettings.from_env()
     family = resolve_family(MODELS[args["model"]])
+    if args.get("structured"):
+        family = family.structured(load_template(prompt_id=args["prompt_id"]).output_schema)
     per_shard = []
     started = time.perf_counter()
     for job in args["jobs"]:
@@ -179,7 +186,7 @@ def collect(args: dict[str, Any]) -> dict[str, Any]:
         )
         part = write_result_part(result.frame, args["run_uri"], f"part-{job['name']}", aws)
         per_shard.append({"rows": part.rows, "ok": part.ok, "seconds": time.perf_counter() - t0,
-                          "part_uri": part.uri, "problems": result.problems})
+                          "part_uri": part.uri, "problems": result.problems, "errors": part.error_counts})
         del result
     elapsed = time.perf_counter() - started
     part_bytes = [_size(p["part_uri"], aws) for p in per_shard]

@@ -26,6 +26,7 @@ from tasks.core.answers import KEY, RequestScope
 from tasks.core.formats import (
     ModelFamily,
     decode_outputs,
+    output_columns,
     parse_output_bytes,
     parse_output_lines,
     results_with_output,
@@ -81,7 +82,14 @@ def _empty_results(family: ModelFamily) -> pl.DataFrame:
 
 
 def _input_side(snapshot: pl.DataFrame, family: ModelFamily) -> tuple[pl.DataFrame, list[str]]:
-    """Rename input columns that clash with result names (`response` -> `response_input`)."""
+    """Rename input columns that clash with result names (`response` -> `response_input`).
+
+    An `output` of the family's own type is an earlier attempt's result that a repair's rows carried
+    along (repair re-sends rows without their result columns, `output` included only if it knows it):
+    it is dropped, not kept as input."""
+    stale = output_columns(family)
+    if "output" in stale and snapshot.schema.get("output") == stale["output"]:
+        snapshot = snapshot.drop("output")
     clash = [c for c in results_with_output(family) if c in snapshot.columns]
     if not clash:
         return snapshot, []
@@ -146,6 +154,7 @@ def conform(frame: pl.DataFrame, family: ModelFamily, input_columns: Sequence[st
     if "output" in schema and "output" not in frame.columns and family.result_column in frame.columns:
         frame = decode_outputs(frame, family)
     inputs = list(input_columns) if input_columns is not None else [c for c in frame.columns if c not in schema]
+    inputs = [c for c in inputs if c not in output_columns(family)]  # an earlier attempt's output (repairs)
     results = [(pl.col(c) if c in frame.columns else pl.lit(None)).cast(dtype).alias(c) for c, dtype in schema.items()]
     return frame.select(*inputs, *results)
 
