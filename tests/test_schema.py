@@ -237,7 +237,7 @@ def schema_and_values(draw: st.DrawFn) -> tuple[dict[str, Any], list[Any]]:
     return raw, draw(st.lists(_value(raw), min_size=1, max_size=8))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schema_and_values())
 def test_any_valid_object_round_trips(case: tuple[dict[str, Any], list[Any]]) -> None:
     raw, values = case
@@ -311,7 +311,7 @@ def broken_case(draw: st.DrawFn) -> tuple[dict[str, Any], str, str, str]:
     return raw, orjson.dumps(value).decode(), path, f"expected {node_type}, got"
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(broken_case())
 def test_any_broken_object_is_caught_naming_the_field(case: tuple[dict[str, Any], str, str, str]) -> None:
     raw, text, path, phrase = case
