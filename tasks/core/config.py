@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from tasks.aws import AwsSettings, join_s3
+from tasks.aws import AwsSettings, credentials_block, join_s3
 from tasks.aws.jobs import sanitize_prefix
 
 InvocationType = Literal["InvokeModel", "Converse"]
@@ -69,6 +69,7 @@ class RunConfig:
     role_arn: str | None = None
     region: str | None = None
     endpoint_url: str | None = None
+    aws_credentials: Any = None  # a prefect-aws AwsCredentials block; None: boto3's default chain
     # what to do
     dry_run: bool = False
     budget_usd: float | None = None
@@ -81,7 +82,8 @@ class RunConfig:
 
     @property
     def aws(self) -> AwsSettings:
-        return AwsSettings.from_env(region=self.region, endpoint_url=self.endpoint_url)
+        return AwsSettings.from_env(credentials=self.aws_credentials, region=self.region,
+                                    endpoint_url=self.endpoint_url)
 
     @property
     def prefix(self) -> str:
@@ -94,7 +96,7 @@ class RunConfig:
         decisive = asdict(self)
         for transient in ("dry_run", "budget_usd", "poll_interval_s", "min_poll_interval_s", "lease_s",
                           "max_concurrent_jobs", "on_demand_concurrency", "queued_warn_hours",
-                          "expiry_warn_hours", "stop_jobs_on_cancel",
+                          "expiry_warn_hours", "stop_jobs_on_cancel", "aws_credentials",
                           "endpoint_url", "role_arn", "repair_failed", "timeout_hours", "max_job_attempts",
                           "reuse_answers"):
             decisive.pop(transient)
@@ -127,11 +129,14 @@ class RunConfig:
 
 
 def config_from_params(params: dict[str, Any]) -> RunConfig:
-    """The flow's parameters (as Prefect validated them) -> RunConfig; the endpoint comes from the env."""
+    """The flow's parameters (as Prefect validated them) -> RunConfig; the endpoint comes from the
+    `aws_credentials` block's client parameters, else from the environment."""
     import os
 
     values = {k: v for k, v in params.items() if k in RunConfig.__dataclass_fields__}
-    values.setdefault("endpoint_url", os.environ.get("AWS_ENDPOINT_URL") or None)
+    values["aws_credentials"] = credentials_block(values.get("aws_credentials"))
+    if values["aws_credentials"] is None or not values["aws_credentials"].aws_client_parameters.endpoint_url:
+        values.setdefault("endpoint_url", os.environ.get("AWS_ENDPOINT_URL") or None)  # a block's endpoint wins
     if "poll_interval_s" in values:
         values.setdefault("min_poll_interval_s", min(2.0, float(values["poll_interval_s"])))
     return RunConfig(**values)
