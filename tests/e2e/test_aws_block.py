@@ -136,3 +136,37 @@ def test_a_block_wins_over_the_environment_and_an_explicit_region_over_the_block
     assert options["aws_endpoint_url"] == "http://127.0.0.1:8" and options["aws_region"] == "us-west-2"
     # The block is not part of the run's identity: another way to the same account is the same run.
     assert cfg.key == config_from_params({**params, "aws_credentials": None}).key
+
+
+@pytest.mark.parametrize("name", ["local", "ecs"])
+def test_a_deployment_from_prefect_yaml_takes_a_block_reference(name: str, prefect_api: str) -> None:
+    """A run of a deployment as prefect.yaml declares it, given the block by reference (the way the form's
+    block picker and `--params` give it), is accepted by the server and resolved by the flow."""
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.utilities.callables import parameter_schema
+    from prefect_aws import AwsCredentials
+
+    from flows.batch_inference import batch_inference
+
+    [spec] = [d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"] if d["name"] == name]
+    block = f"bbf-ref-{uuid.uuid4().hex[:8]}"
+    block_id = AwsCredentials(region_name="eu-west-1").save(block)
+    refs = [{"$ref": {"block_document_slug": f"aws-credentials/{block}"}},
+            {"$ref": {"block_document_id": str(block_id)}}]
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow(batch_inference)
+        deployment_id = client.create_deployment(
+            flow_id=flow_id, name=f"{name}-{block}", parameter_openapi_schema=parameter_schema(
+                batch_inference.fn).model_dump_for_openapi(),
+            enforce_parameter_schema=spec.get("enforce_parameter_schema", True))
+        try:
+            for ref in refs:
+                flow_run = client.create_flow_run_from_deployment(
+                    deployment_id, parameters={"aws_credentials": ref, "s3_uri": "s3://b/in.csv"})
+                resolved = batch_inference.validate_parameters(flow_run.parameters)["aws_credentials"]
+                assert isinstance(resolved, AwsCredentials) and resolved.region_name == "eu-west-1"
+                client.delete_flow_run(flow_run.id)
+        finally:
+            client.delete_deployment(deployment_id)
+            client.delete_block_document(block_id)
