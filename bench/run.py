@@ -183,39 +183,49 @@ def bench_titan(server: Endpoint, rows: int, tag: str) -> dict[str, Any]:
     return bench_collect(server, prepared, "titan", len(prepared["shards"]), "collect")
 
 
-def bench_structured(server: Endpoint, rows: int, tag: str) -> dict[str, Any]:
-    """The same rows and prompts collected as plain text and as structured output, in one run."""
+def bench_structured(server: Endpoint, rows: int, tag: str, repeats: int = 3) -> dict[str, Any]:
+    """The same rows and prompts collected as plain text and as structured output, in one run.
+
+    Each variant's jobs run once; their collect then runs `repeats` times, the variants taking turns, and
+    the fastest of each counts: on a shared machine a burst of other work hits the turns alike.
+    """
     from bench.stages import MODELS
 
     _aws(server)
     data = datagen.ensure("embeddings", rows)
-    out: dict[str, Any] = {"rows": rows}
+    out: dict[str, Any] = {"rows": rows, "repeats": repeats}
     prepared: dict[str, Any] = {}
-    for variant, structured, knobs in (
-        ("plain", False, {}), ("structured", True, {}), ("structured_invalid_20", True, {"invalid_output_rate": 0.2}),
-    ):
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    variants = {"plain": False, "structured": True, "structured_invalid_20": True}
+    for variant, structured in variants.items():
         run_uri = f"s3://{BUCKET}/{tag}/structured-{variant}-{rows}"
         if variant != "structured_invalid_20":  # the third variant sends the structured requests again
             prepared = run_stage("prepare", {"model": "claude", "data": str(data), "run_uri": run_uri,
                                              "prompt_id": "sentiment_classifier", "structured": structured},
                                  server.env())
+        knobs = {"invalid_output_rate": 0.2} if variant == "structured_invalid_20" else {}
         if knobs:
             server.post("/_emulator/profile", {**FAST_JOBS, **knobs})
         try:
-            jobs = run_jobs(server, prepared["shards"], MODELS["claude"], run_uri)
+            jobs[variant] = run_jobs(server, prepared["shards"], MODELS["claude"], run_uri)
         finally:
             if knobs:
                 server.post("/_emulator/profile", FAST_JOBS)
-        collected = run_stage("collect", {"model": "claude", "jobs": jobs, "run_uri": f"{run_uri}/collect",
-                                          "prompt_id": "sentiment_classifier", "structured": structured},
-                              server.env())
-        errors: dict[str, int] = {}
-        for shard in collected["per_shard"]:
-            for code, n in shard["errors"].items():
-                errors[code] = errors.get(code, 0) + n
-        out[variant] = {"seconds": collected["seconds"], "rows": collected["rows"], "ok": collected["ok"],
-                        "errors": errors, "output_mb": _output_bytes(server, jobs) / 1e6,
-                        "peak_rss_mb": collected["peak_rss_mb"]}
+    for _ in range(repeats):
+        for variant, structured in variants.items():
+            run_uri = jobs[variant][0]["output_prefix_uri"].split("/jobs/", 1)[0]
+            collected = run_stage("collect", {"model": "claude", "jobs": jobs[variant], "run_uri": f"{run_uri}/collect",
+                                              "prompt_id": "sentiment_classifier", "structured": structured},
+                                  server.env())
+            errors: dict[str, int] = {}
+            for shard in collected["per_shard"]:
+                for code, n in shard["errors"].items():
+                    errors[code] = errors.get(code, 0) + n
+            best = out.get(variant)
+            if best is None or collected["seconds"] < best["seconds"]:
+                out[variant] = {"seconds": collected["seconds"], "rows": collected["rows"], "ok": collected["ok"],
+                                "errors": errors, "output_mb": _output_bytes(server, jobs[variant]) / 1e6,
+                                "peak_rss_mb": collected["peak_rss_mb"]}
     plain = out["plain"]["seconds"]
     out["structured_vs_plain"] = out["structured"]["seconds"] / plain
     out["structured_invalid_20_vs_plain"] = out["structured_invalid_20"]["seconds"] / plain

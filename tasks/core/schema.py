@@ -6,17 +6,18 @@ integer -> Int64, number -> Float64, boolean -> Boolean, array -> List, object -
 column is typed and queryable, and every answer is checked by the same few columnar passes whatever its
 size. Anything outside the subset is refused when the template loads, naming the path.
 
-Decoding never loops over rows in Python. The answers are read as NDJSON by Polars twice at most, with
-`ignore_errors` so a value of the wrong JSON type becomes null instead of failing the file:
+Decoding never loops over rows in Python. The answers are read as NDJSON by Polars (with `ignore_errors`,
+so a value of the wrong JSON type becomes null instead of failing the file) in a few whole-column passes:
 
 - the *typed view* (strings read as Binary, which only a JSON string fills; numbers as Float64, integers as
   Int64, booleans as Boolean, arrays as List, objects as Struct): a non-null value is present and of the
-  right type. A row whose required fields are all non-null and whose enums hold known values is valid; this
-  is the only pass over valid rows;
+  right type. A row whose required fields are all non-null and whose enums hold known values is valid;
+  this is the only pass over valid rows, but for schemas with booleans: Polars' nested Boolean view takes
+  a number too, so a *probe view* reads booleans as Float64 and a number found there is a wrong type;
 - the *presence view* (each field of an object read as String, which any non-null JSON value fills), only
   for the suspect rows: present but null in the typed view = wrong type; absent = missing. Nested objects
-  and arrays of objects recurse on the texts the presence view gives (exploded for arrays), so each step is
-  one Polars pass over the suspects, whatever their number.
+  and arrays of objects recurse on each value's exact JSON (a JSONPath per field, and per element index for
+  arrays, never per row), so each step is one Polars pass over the suspects, whatever their number.
 """
 
 from __future__ import annotations
@@ -540,6 +541,7 @@ __all__: Sequence[str] = (
     "SCHEMA_LINE",
     "OutputSchema",
     "SchemaError",
+    "decode_as",
     "example_value",
     "parse_schema",
 )
