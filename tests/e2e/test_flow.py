@@ -110,8 +110,9 @@ def test_in_flight_jobs_never_exceed_max_concurrent_jobs(
 ) -> None:
     from flows.batch_inference import batch_inference
 
-    # Jobs of ~1.5 s: long enough that, unthrottled, all 6 would run at once.
-    clean_emulator.set_profile({"time_scale": 1.5e-3, "min_records": 50})
+    # Jobs of ~5 s: long enough that, unthrottled, all 6 would run at once, and that two overlap even
+    # when a loaded machine takes seconds to start the next task.
+    clean_emulator.set_profile({"time_scale": 5e-3, "min_records": 50})
     summary = batch_inference(
         model_id=CLAUDE, input_path=str(SAMPLE), prompt_id="question_answering", job_name_prefix="slots",
         output_uri=f"s3://{fresh_bucket}/out", role_arn=ROLE, max_records_per_job=50, min_records_per_job=50,
