@@ -86,9 +86,44 @@ def credentials_block(value: Any) -> Any:
 
 def _session(settings: AwsSettings) -> Any:
     """A boto3 session with the block's credentials (keys, profile or assumed role), else the default chain."""
-    if settings.credentials is not None:
-        return settings.credentials.get_boto3_session()
-    return boto3.session.Session(profile_name=settings.profile_name, region_name=settings.region)
+    if settings.credentials is None:
+        return boto3.session.Session(profile_name=settings.profile_name, region_name=settings.region)
+    if settings.credentials.assume_role_arn:
+        return _assumed_role_session(settings.credentials)
+    return settings.credentials.get_boto3_session()
+
+
+@lru_cache(maxsize=8)
+def _assumed_role_session(block: Any) -> Any:
+    """A session that assumes the block's role again before its credentials expire.
+
+    prefect-aws assumes the role once: its credentials end after an hour (or the role's DurationSeconds),
+    while a run polls its jobs for many hours. botocore refreshes these ones itself, 15 minutes ahead."""
+    import uuid
+
+    import botocore.session
+    from botocore.credentials import CredentialProvider, DeferredRefreshableCredentials
+
+    base = block.model_copy(update={"assume_role_arn": None}).get_boto3_session()
+    client_params = block.aws_client_parameters.get_params_override()
+    request = {"RoleSessionName": f"bedrock-batch-flows-{uuid.uuid4().hex[:8]}",
+               **block.assume_role_kwargs.get_params_override(), "RoleArn": block.assume_role_arn}
+
+    def assume() -> dict[str, str]:
+        sts = base.client("sts", **client_params)
+        found = sts.assume_role(**request)["Credentials"]
+        return {"access_key": found["AccessKeyId"], "secret_key": found["SecretAccessKey"],
+                "token": found["SessionToken"], "expiry_time": found["Expiration"].isoformat()}
+
+    class AssumedRole(CredentialProvider):
+        METHOD = "prefect-aws-assume-role"
+
+        def load(self) -> Any:
+            return DeferredRefreshableCredentials(refresh_using=assume, method=self.METHOD)
+
+    core = botocore.session.get_session()
+    core.get_component("credential_provider").insert_before("env", AssumedRole())
+    return boto3.session.Session(botocore_session=core, region_name=block.region_name)
 
 
 @lru_cache(maxsize=64)
@@ -134,7 +169,8 @@ def storage_options(settings: AwsSettings | None = None) -> dict[str, str]:
 
 
 def _credentials(settings: AwsSettings) -> Any:
-    found = _session(settings).get_credentials()
+    with _lock:  # the assumed-role session is shared
+        found = _session(settings).get_credentials()
     return found.get_frozen_credentials() if found is not None else None
 
 

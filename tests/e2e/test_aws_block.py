@@ -170,3 +170,37 @@ def test_a_deployment_from_prefect_yaml_takes_a_block_reference(name: str, prefe
         finally:
             client.delete_deployment(deployment_id)
             client.delete_block_document(block_id)
+
+
+def test_a_block_that_assumes_a_role_renews_its_credentials_before_they_expire(emulator: Any) -> None:
+    """prefect-aws assumes the role once (its credentials end after an hour); a run polls for many hours.
+    With credentials of 15 minutes (DurationSeconds=900), botocore is always within its refresh window:
+    every use assumes the role again, and the clients keep working."""
+    from prefect_aws import AwsClientParameters, AwsCredentials
+
+    from tasks.aws import AwsSettings, client, storage_options
+
+    block = AwsCredentials(
+        aws_access_key_id="base-key", aws_secret_access_key="base-secret", region_name=emulator.region,
+        aws_client_parameters=AwsClientParameters(endpoint_url=emulator.url),
+        assume_role_arn="arn:aws:iam::123456789012:role/BedrockBatchCaller",
+        assume_role_kwargs={"DurationSeconds": 900},
+    )
+    from botocore.credentials import RefreshableCredentials
+
+    from tasks.aws import _session
+
+    aws = AwsSettings.from_env(credentials=block)
+    # One session per block, whose credentials every client built from it shares, and which renew.
+    assert _session(aws) is _session(aws)
+    credentials = _session(aws).get_credentials()
+    assert isinstance(credentials, RefreshableCredentials)
+    keys = {credentials.get_frozen_credentials().access_key for _ in range(3)}
+    assert len(keys) == 3 and "base-key" not in keys, keys  # assumed again each time, never the base keys
+    assert storage_options(aws)["aws_access_key_id"] not in keys | {"base-key"}  # Polars: the renewed ones
+    bucket = f"assumed-{uuid.uuid4().hex[:8]}"
+    s3 = client("s3", aws)
+    s3.create_bucket(Bucket=bucket)
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    identity = client("sts", aws).get_caller_identity()["Arn"]
+    assert ":assumed-role/BedrockBatchCaller/bedrock-batch-flows-" in identity, identity
