@@ -34,6 +34,12 @@ def artifact_key(prefix: str, what: str) -> str:
 
 
 def _safe(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Publish inside a flow or task run; outside one (unit use) there is nothing to attach it to, and
+    asking would start an ephemeral Prefect server."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        return None
     try:
         return fn(*args, **kwargs)
     except Exception as err:  # artifacts need a Prefect run context; plain calls have none
@@ -47,7 +53,7 @@ class RunProgress:
     (one row per shard, republished under the same key as jobs move), and the log."""
 
     def __init__(self, total: int, key: str, logger: Any = None, min_interval_s: float = 1.0,
-                 jobs_key: str | None = None, model_id: str | None = None, table_interval_s: float = 5.0) -> None:
+                 jobs_key: str | None = None, model_id: str | None = None, table_interval_s: float = 60.0) -> None:
         self.total = max(total, 1)
         self.key = key
         self.jobs_key = jobs_key
@@ -80,6 +86,7 @@ class RunProgress:
         with self._lock:
             self._processed[shard] = int(job.get("processedRecordCount") or 0)
             row = self._rows.setdefault(shard, {"shard": shard})
+            moved = row.get("status") != job.get("status", "")
             row.update({
                 "job name": job.get("jobName") or row.get("job name", ""), "status": job.get("status", ""),
                 "records": job.get("totalRecordCount") or row.get("records", ""),
@@ -87,14 +94,18 @@ class RunProgress:
                 "failed": job.get("errorRecordCount") or 0, "message": job.get("message") or "",
                 "job ARN": job.get("jobArn") or row.get("job ARN", ""),
             })
-        self._publish(table=True)
+        # A status change is shown at once; counters at most every `table_interval_s` (each publish is
+        # a new version of the artifact: a day-long run must not leave tens of thousands).
+        self._publish(table=True, table_now=moved)
 
     def shard_done(self, outcome: Any) -> None:
         with self._lock:
             self._done[outcome.shard] = int(outcome.records)
             self._tokens[0] += int(outcome.input_tokens)
             self._tokens[1] += int(outcome.output_tokens)
-            self._rows[outcome.shard] = jobs_table([outcome])[0]
+            seen = self._rows.get(outcome.shard, {}).get("processed")
+            self._rows[outcome.shard] = {**jobs_table([outcome])[0],
+                                         "processed": seen or int(outcome.ok) + int(outcome.failed)}
         self._publish(force=True, table=True)
         self.logger.info(
             "progress: %d/%d shards done, %s/%s records (%.1f%%)", len(self._done), len(self._expected()),
@@ -135,8 +146,10 @@ class RunProgress:
         return " · ".join(parts)
 
     def table(self) -> list[dict[str, Any]]:
+        """Every row with the same columns in the same order: the UI takes a table's columns from its
+        first row, which may be a shard still waiting for a slot."""
         with self._lock:
-            return [dict(self._rows[s]) for s in sorted(self._rows)]
+            return [{column: self._rows[s].get(column, "") for column in LIVE_COLUMNS} for s in sorted(self._rows)]
 
     def finish(self) -> None:
         with self._lock:
@@ -144,13 +157,13 @@ class RunProgress:
             self._processed = {}
         self._publish(force=True)
 
-    def _publish(self, force: bool = False, table: bool = False) -> None:
+    def _publish(self, force: bool = False, table: bool = False, table_now: bool = False) -> None:
         now = time.monotonic()
         if self.artifact_id is not None and (force or now - self._last_publish >= self._min_interval):
             self._last_publish = now
             _safe(update_progress_artifact, artifact_id=self.artifact_id, progress=round(self.percent, 2),
                   description=self.describe())
-        if table and self.jobs_key and (force or now - self._last_table >= self._table_interval):
+        if table and self.jobs_key and (force or table_now or now - self._last_table >= self._table_interval):
             self._last_table = now
             _safe(create_table_artifact, table=self.table(), key=self.jobs_key,
                   description=f"Jobs as they run (updated at each poll): {self.describe()}")
@@ -210,6 +223,10 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+LIVE_COLUMNS = ("shard", "status", "job name", "attempts", "records", "processed", "ok", "failed", "input tokens",
+                "output tokens", "queued", "ran", "total", "message", "job ARN")
 
 
 def jobs_table(outcomes: list[Any]) -> list[dict[str, Any]]:
