@@ -63,7 +63,7 @@ RETRYABLE_ERROR_CODES: frozenset[str] = frozenset(
      "request_mismatch", "invalid_output"}
 )
 ERROR_CODES_OWN = ("missing", "malformed_output", "invalid_input", "job_failed", "expired", "request_mismatch",
-                   "invalid_output")
+                   "invalid_output", "cancelled")
 
 RESULT_COLUMNS = ("error_code", "error_message", "input_tokens", "output_tokens", "stop_reason")
 MALFORMED_SNIPPET_CHARS = 200
