@@ -53,12 +53,6 @@ class AwsSettings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    @property
-    def is_local(self) -> bool:
-        return bool(self.endpoint_url) and any(
-            host in self.endpoint_url for host in ("127.0.0.1", "localhost", "[::1]")
-        )
-
 
 _lock = threading.Lock()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from tasks.aws import AwsSettings, credentials_block, join_s3
@@ -118,14 +118,6 @@ class RunConfig:
         from tasks.core.answers import cache_uri
 
         return cache_uri(self.output_base, self.model_id, self.invocation_type)
-
-    def with_local_defaults(self) -> RunConfig:
-        """What `--local` fills in: the emulator's bucket and a role ARN it accepts."""
-        return replace(
-            self,
-            output_uri=self.output_uri or join_s3(f"s3://{LOCAL_BUCKET}", self.prefix),
-            role_arn=self.role_arn or LOCAL_ROLE_ARN,
-        )
 
 
 def config_from_params(params: dict[str, Any]) -> RunConfig:
