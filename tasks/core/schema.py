@@ -23,6 +23,7 @@ so a value of the wrong JSON type becomes null instead of failing the file) in a
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import re
 from collections.abc import Mapping, Sequence
@@ -375,10 +376,17 @@ class OutputSchema:
         root = _parse_object(raw, where)
         return cls(copy.deepcopy(dict(raw)), root)
 
-    @property
+    @functools.cached_property
     def dtype(self) -> pl.Struct:
         """The type of the `output` column."""
         return _dtype(self.root)  # type: ignore[return-value]
+
+    @functools.cached_property
+    def _views(self) -> tuple[pl.Schema, pl.DataType, pl.Schema | None]:
+        """(typed view, enums-as-String output type, boolean probe view or None), built once."""
+        view = _dtype(self.root, view=True).to_schema()  # type: ignore[attr-defined]
+        probe = _probe_dtype(self.root).to_schema() if _has_bool(self.root) else None  # type: ignore[attr-defined]
+        return view, _dtype(self.root, enums=False), probe
 
     @property
     def enums(self) -> dict[str, tuple[str, ...]]:
@@ -438,20 +446,20 @@ class OutputSchema:
             shaped = shaped & ~(multiline & canonical.is_null())
             candidates = pl.select(pl.when(multiline).then(canonical).otherwise(text)).to_series()
         candidates = pl.select(pl.when(shaped).then(candidates).otherwise(pl.lit("{}"))).to_series()
-        view = _dtype(self.root, view=True)
+        view, as_text, probe_view = self._views
         try:
-            typed = _read(candidates, view.to_schema())  # type: ignore[attr-defined]
+            typed = _read(candidates, view)
             if typed.height != n:
                 raise ValueError("row count")
         except (pl.exceptions.PolarsError, ValueError):
             canonical = pl.select(pl.when(shaped).then(text.str.json_path_match("$"))).to_series()
             shaped = shaped & canonical.is_not_null() & canonical.str.starts_with("{")
             candidates = pl.select(pl.when(shaped).then(canonical).otherwise(pl.lit("{}"))).to_series()
-            typed = _read(candidates, view.to_schema())  # type: ignore[attr-defined]
+            typed = _read(candidates, view)
         value = typed.select(pl.struct(pl.all()).alias("v"))["v"]
         ok = pl.select(_ok(pl.lit(value), self.root) & pl.lit(shaped)).to_series()
-        if _has_bool(self.root):
-            probe = _read(candidates, _probe_dtype(self.root).to_schema())  # type: ignore[attr-defined]
+        if probe_view is not None:
+            probe = _read(candidates, probe_view)
             numbers = probe.select(_number_at_bool(pl.struct(pl.all()), self.root)).to_series()
             ok = ok & ~numbers
         errors = pl.Series("error", [None] * n, dtype=pl.String)
@@ -475,7 +483,7 @@ class OutputSchema:
         output = pl.select(
             pl.when(errors.is_null())
             .then(value)
-            .cast(_dtype(self.root, enums=False))
+            .cast(as_text)
             .cast(self.dtype, strict=False)
             .alias("output")
         )["output"]
