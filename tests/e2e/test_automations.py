@@ -92,6 +92,7 @@ def _create_from_file(path: Path, block_id: str, tmp_path: Path) -> subprocess.C
 def test_the_shipped_automations_are_created_from_their_files_and_fire_on_the_flows_events(
     notification_block: str, receiver: tuple[str, list[dict[str, Any]]], tmp_path: Path,
 ) -> None:
+    from prefect import flow
     from prefect.client.orchestration import get_client
 
     from tasks.core.job_warnings import JobWarning
@@ -131,13 +132,18 @@ def test_the_shipped_automations_are_created_from_their_files_and_fire_on_the_fl
         arn = f"arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/{{}}{run[:4]}"
         done_arn, failed_arn, stuck_arn = (arn.format(kind) for kind in ("done", "fail", "stck"))
         model = "anthropic.claude-3-haiku-20240307-v1:0"
-        emit_job_event({"jobArn": done_arn, "jobName": f"jobs-{run}-0001", "status": "Completed",
-                        "modelId": model}, run, "shard-0001")
-        emit_job_event({"jobArn": failed_arn, "jobName": f"jobs-{run}-0002", "status": "Failed",
-                        "modelId": model, "message": "the role cannot read the bucket"}, run, "shard-0002")
-        emit_job_warning_events([JobWarning(
-            kind="stuck", job_arn=stuck_arn, job_name=f"jobs-{run}-0003", model_id=model, status="Scheduled",
-            seconds=7 * 3600.0, message=f"jobs-{run}-0003 has been Scheduled for 7.0 h")])
+
+        @flow(name="bbf-automation-events")
+        def events_of_a_run() -> None:  # the emitters publish inside a run, as in the flow's job tasks
+            emit_job_event({"jobArn": done_arn, "jobName": f"jobs-{run}-0001", "status": "Completed",
+                            "modelId": model}, run, "shard-0001")
+            emit_job_event({"jobArn": failed_arn, "jobName": f"jobs-{run}-0002", "status": "Failed",
+                            "modelId": model, "message": "the role cannot read the bucket"}, run, "shard-0002")
+            emit_job_warning_events([JobWarning(
+                kind="stuck", job_arn=stuck_arn, job_name=f"jobs-{run}-0003", model_id=model,
+                status="Scheduled", seconds=7 * 3600.0, message=f"jobs-{run}-0003 has been Scheduled for 7.0 h")])
+
+        events_of_a_run()
 
         def notified() -> list[dict[str, Any]] | None:
             mine = [body for body in received if run[:4] in json.dumps(body)]
