@@ -328,7 +328,7 @@ def emit_job_warning_events(warnings: Iterable[JobWarning]) -> list[Any]:
     """Log each warning and emit it as a Prefect event (automations can page on it).
 
     Events: `bedrock.batch.job.stuck` / `bedrock.batch.job.expiring` on resource
-    `bedrock.batch.job.<jobArn>`; returns what `emit_event` returned (None when events are off).
+    `aws.bedrock.job.<jobArn>` (as the job state events); returns what `emit_event` returned (None when events are off).
     """
     logger = run_logger()
     emitted = []
@@ -338,7 +338,7 @@ def emit_job_warning_events(warnings: Iterable[JobWarning]) -> list[Any]:
             emit_event(
                 event=warning.event,
                 resource={
-                    "prefect.resource.id": f"bedrock.batch.job.{warning.job_arn}",
+                    "prefect.resource.id": f"aws.bedrock.job.{warning.job_arn}",
                     "prefect.resource.name": warning.job_name or warning.job_arn,
                     "bedrock.model-id": warning.model_id,
                     "bedrock.status": warning.status,

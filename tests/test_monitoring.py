@@ -241,7 +241,7 @@ def test_warnings_are_logged_and_emitted_as_prefect_events(monkeypatch, caplog):
     assert [e["event"] for e in sent] == ["bedrock.batch.job.stuck", "bedrock.batch.job.expiring"]
     assert len(emitted) == 2
     resource = sent[0]["resource"]
-    assert resource["prefect.resource.id"] == f"bedrock.batch.job.{warnings[0].job_arn}"
+    assert resource["prefect.resource.id"] == f"aws.bedrock.job.{warnings[0].job_arn}"
     assert resource["bedrock.status"] == "Scheduled"
     assert sent[1]["payload"]["seconds"] == HOUR
     assert [r.getMessage() for r in caplog.records] == [w.message for w in warnings]

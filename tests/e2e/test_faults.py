@@ -619,12 +619,12 @@ def test_a_run_cancelled_from_prefect_stops_submits_nothing_more_and_keeps_what_
         flow_run = run_deployment(served, parameters=params, timeout=0)
 
         def second_wave() -> bool:
+            """A job of the second wave (created after a slot was freed: its ~30 s ahead) is in progress;
+            mapped shards start in no fixed order, so the wave is told by creation order, not shard name."""
             state = client.read_flow_run(flow_run.id).state
             assert not (state and state.is_final()), f"the run ended before the cancel: {state}"
-            now = statuses()
-            second = [status for name, status in now.items() if name.startswith(f"cancelled-{key8}-0003")
-                      or name.startswith(f"cancelled-{key8}-0004")]
-            return "Completed" in now.values() and "InProgress" in second
+            created, now = list(created_jobs(emulator.calls()[before:], key8)), statuses()
+            return len(created) >= 3 and "Completed" in now.values() and now.get(created[-1]) == "InProgress"
 
         wait_for(second_wave, 150, "a finished job and one of the second wave in progress")
         at_cancel = len(emulator.calls())
@@ -646,7 +646,8 @@ def test_a_run_cancelled_from_prefect_stops_submits_nothing_more_and_keeps_what_
     # Nothing orphaned: every job still running was stopped, none is left in flight.
     ended = wait_for(lambda: (now := statuses()) and not set(now.values()) & IN_FLIGHT and now, 30,
                      "the run's jobs to end")
-    assert stops and stops == {name for name, status in ended.items() if status == "Stopped"}, ended
+    stopped = {name for name, status in ended.items() if status == "Stopped"}
+    assert stopped and stopped <= stops, (ended, stops)  # a stop may also reach a job that just completed
     assert any("run cancelled: job" in log.message for log in logs), [log.message for log in logs][-20:]
     # What finished is kept, the rest is marked: every input row exactly once.
     cfg = config_from_params(params)
