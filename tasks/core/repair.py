@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from tasks.core.formats import RETRYABLE_ERROR_CODES, ModelFamily, result_schema
+from tasks.core.formats import RETRYABLE_ERROR_CODES, ModelFamily, result_schema, results_with_output
 from tasks.core.sources import RECORD_ID
 
 MAX_REPAIR_ROUNDS = 2  # rounds that may submit batch jobs (each one a batch wait, hours on AWS)
@@ -32,7 +32,7 @@ def retryable_rows(frames: list[pl.DataFrame], family: ModelFamily) -> pl.DataFr
     failed = pl.concat(frames, how="diagonal_relaxed").filter(
         pl.col("error_code").is_in(sorted(REPAIRABLE_ERROR_CODES))
     )
-    return failed.drop([c for c in result_schema(family) if c in failed.columns])
+    return failed.drop([c for c in results_with_output(family) if c in failed.columns])
 
 
 def batchable_records(n: int, min_records: int, max_records: int) -> int:

@@ -27,6 +27,8 @@ def resolve(cfg: RunConfig) -> tuple[ModelFamily, PromptTemplate | None, Inferen
         if not (cfg.prompt_id or cfg.prompt_file):
             raise ValueError(f"model {cfg.model_id} generates text: give prompt_id or prompt_file")
         template = load_template(prompt_id=cfg.prompt_id, path=cfg.prompt_file)
+        # A template's output_schema travels with the family: requests force it, collect decodes it.
+        family = family.structured(template.output_schema)
     return family, template, inference_settings(cfg, template)
 
 

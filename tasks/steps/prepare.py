@@ -89,6 +89,7 @@ def estimate_run(prepared: PreparedRun, cfg: RunConfig) -> Any:
         min_records_per_job=cfg.min_records_per_job,
         max_records_per_job=cfg.max_records_per_job,
         job_timeout_hours=cfg.timeout_hours,
+        family=family,  # a structured run's requests carry its schema too
     )
     run_logger().info("estimate:\n%s", costs.format_estimate(estimate))
     try:

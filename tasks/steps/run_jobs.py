@@ -31,9 +31,8 @@ from tasks.concurrency import SlotWaitCancelled, ensure_limit, hold_slot, limit_
 from tasks.core import answers
 from tasks.core.collect import ResultPart, collect_shard, mark_failed, result_part_name, write_result_part
 from tasks.core.config import RunConfig
-from tasks.core.formats import resolve_family
 from tasks.core.prepare import PreparedRun, PreparedShard
-from tasks.core.settings import request_scope
+from tasks.core.settings import request_scope, resolve
 from tasks.logs import run_logger
 from tasks.report import emit_job_event
 
@@ -254,7 +253,7 @@ def collect_job(shard: PreparedShard, job: JobResult, cfg: RunConfig, run_uri: s
     """
     log = run_logger()
     aws = cfg.aws
-    family = resolve_family(cfg.model_id, cfg.invocation_type)
+    family, _, _ = resolve(cfg)  # with the template's output_schema, if any
     outcome = ShardOutcome(**vars(job), records=shard.records)
     if job.status in jobs.COLLECTABLE and job.job_arn:
         result = collect_shard(

@@ -15,24 +15,7 @@ import pytest
 
 from tests.e2e.helpers import read_output
 
-
-def _wired() -> bool:
-    """Whether the steps build the run's family with the template's output_schema (`settings.resolve`
-    attaching it, `run_jobs.collect_job` using that family): until then a schema run is a plain run."""
-    import inspect
-
-    from tasks.core import settings
-    from tasks.steps import run_jobs
-
-    return "structured(" in inspect.getsource(settings.resolve) and "resolve_family(" not in inspect.getsource(
-        run_jobs.collect_job
-    )
-
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not _wired(), reason="the steps do not pass the template's output_schema on yet (issue 15)"),
-]
+pytestmark = pytest.mark.e2e
 
 ROLE = "arn:aws:iam::123456789012:role/BedrockBatchRole"
 LABELS = ["positive", "negative", "neutral"]
