@@ -205,9 +205,16 @@ def _acquire(name: str, lease_s: float, holder: ConcurrencyLeaseHolder | None) -
             response = client.increment_concurrency_slots_with_lease(
                 names=[name], slots=1, mode="concurrency", lease_duration=lease_s, holder=holder)
         except httpx.HTTPStatusError as err:
-            if err.response.status_code != 423:  # 423 Locked: every slot is taken
-                raise
-            return None, _seconds(err.response.headers.get("Retry-After"))
+            status = err.response.status_code
+            if status == 423:  # Locked: every slot is taken
+                return None, _seconds(err.response.headers.get("Retry-After"))
+            if status == 429 or status >= 500:  # the API is busy or down: ask again, as for a taken slot
+                log.warning("could not ask for a slot of %s (HTTP %d); trying again", name, status)
+                return None, None
+            raise
+        except httpx.TransportError as err:  # the API unreachable for a moment
+            log.warning("could not ask for a slot of %s (%s); trying again", name, err)
+            return None, None
     body: dict[str, Any] = response.json()
     lease_id = UUID(str(body["lease_id"]))
     if not body.get("limits"):  # the server gave a lease on nothing: the limit is gone

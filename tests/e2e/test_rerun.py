@@ -26,6 +26,7 @@ pytestmark = pytest.mark.e2e
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 ROLE = "arn:aws:iam::123456789012:role/BedrockBatchRole"
+IN_FLIGHT = {"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"}
 ROWS = 300  # three shards of 100
 
 
@@ -149,12 +150,16 @@ def test_a_run_killed_mid_poll_then_rerun_with_an_edited_input_pays_only_for_the
             "--job-name-prefix", "killed", "--output-uri", out_uri, "--role-arn", ROLE, "--max-records-per-job",
             "100", "--min-records-per-job", "50", "--max-concurrent-jobs", "3", "--poll-interval-s", "0.5"]
     before = emulator.profile
-    emulator.set_profile({"time_scale": 4e-3, "min_records": 50})  # jobs of ~4 s: killed while polled
+    emulator.set_profile({"time_scale": 1e-2, "min_records": 50})  # jobs of ~10 s: killed while polled
     start = len(emulator.calls())
     child = subprocess.Popen([sys.executable, "-m", "flows.batch_inference", *args], cwd=REPO,
                              env=cli_env(emulator, prefect_api), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: len(created_jobs(emulator.calls()[start:])) == 3, 120, "all three jobs submitted")
+        names = wait_for(lambda: len(jobs := created_jobs(emulator.calls()[start:])) == 3 and jobs, 120,
+                         "all three jobs submitted")
+        # A job that ended before the kill may have been collected by the killed run (its answers cached,
+        # nothing to adopt): on a loaded machine the third submission can come that late.
+        in_flight = sum(1 for job in emulator.engine.jobs() if job.name in names and job.status in IN_FLIGHT)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     finally:
@@ -171,7 +176,7 @@ def test_a_run_killed_mid_poll_then_rerun_with_an_edited_input_pays_only_for_the
     assert_answers_own_rows(output, current)
     assert paid_requests(killed_calls) == ROWS  # the killed run's three jobs (counted once they validated)
     # The killed run's jobs were adopted (waited for, their answers cached); only the edited row was sent.
-    assert paid == 1 and summary["jobs_attached"] == 3 and summary["jobs_submitted"] == 0
+    assert paid == 1 and summary["jobs_submitted"] == 0 and 1 <= in_flight <= summary["jobs_attached"] <= 3
     assert not [c for c in emulator.calls()[start:] if c["operation"] == CREATE and c["status_code"] == 200][3:]
 
 
