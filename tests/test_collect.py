@@ -154,6 +154,20 @@ def test_write_results_parts_and_manifest(aws: AwsSettings, bucket: str) -> None
     assert manifest["error_counts"] == {"missing": 2}
 
 
+def test_a_smaller_plan_deletes_the_parts_an_earlier_plan_left_and_keeps_its_own(aws: AwsSettings, bucket: str) -> None:
+    from tasks.core.collect import write_result_part
+    from tasks.steps.finalize import remove_stale_parts
+
+    frame = collect_lines(pl.DataFrame({"line": [ok_line("r0")]}), SNAPSHOT.head(1), CLAUDE).frame
+    run = f"s3://{bucket}/run"
+    parts = [write_result_part(frame, run, f"part-{i:04d}", aws) for i in range(1, 6)]
+    client("s3", aws).put_object(Bucket=bucket, Key="run/results/notes.txt", Body=b"not a part")
+    assert sorted(remove_stale_parts(run, parts[:2], aws)) == [f"run/results/part-{i:04d}.parquet" for i in (3, 4, 5)]
+    left = client("s3", aws).list_objects_v2(Bucket=bucket, Prefix="run/results/")["Contents"]
+    assert sorted(o["Key"] for o in left) == ["run/results/notes.txt", "run/results/part-0001.parquet",
+                                              "run/results/part-0002.parquet"]
+
+
 def test_apply_repairs_replaces_only_the_rerun_rows() -> None:
     base = collect_lines(pl.DataFrame({"line": [ok_line("r0"), error_line("r1", 429)]}), SNAPSHOT, CLAUDE).frame
     repaired = collect_lines(

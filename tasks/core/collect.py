@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -40,6 +41,11 @@ _ERROR_RANK = "__rank"
 # Output lines per file whose echoed `modelInput` is checked against the request sent for their recordId;
 # one mismatch there and every line of the file is checked.
 ECHO_SAMPLE = 64
+# S3 round trips at once when a step reads or rewrites many result parts: their latency (and a retried
+# request's back-off) overlap instead of adding up.
+IO_THREADS = 8
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -191,6 +197,20 @@ def read_output_bytes(uris: Sequence[str], aws: AwsSettings) -> bytes:
 
 def read_snapshot(snapshot_uri: str, aws: AwsSettings) -> pl.DataFrame:
     return pl.read_parquet(snapshot_uri, storage_options=storage_options(aws))
+
+
+def in_parallel(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """`[work(item) for item in items]`, up to IO_THREADS at once, in order: for S3-bound work."""
+    items = list(items)
+    if len(items) <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(IO_THREADS, len(items)), thread_name_prefix="s3-io") as pool:
+        return list(pool.map(work, items))
+
+
+def read_snapshots(uris: Iterable[str], aws: AwsSettings) -> list[pl.DataFrame]:
+    """Several Parquet files, read concurrently, in the given order."""
+    return in_parallel(lambda uri: read_snapshot(uri, aws), uris)
 
 
 def split_keys(snapshot: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -19,6 +19,7 @@ from tasks.core.collect import (
     ResultPart,
     apply_repairs,
     conform,
+    in_parallel,
     join_results,
     mark_failed,
     mark_invalid,
@@ -86,19 +87,22 @@ def finalize_run(
     """`finalize` outside a flow run (the cancellation hook runs after the flow's process is gone)."""
     aws = cfg.aws
     family, _, _ = resolve(cfg)
-    parts: list[ResultPart] = []
-    repaired_ids = repaired.get_column(RECORD_ID) if repaired is not None else None
-    repaired_ok = 0
-    for outcome in sorted(outcomes, key=lambda o: o.shard):
-        part = outcome.part
-        if repaired_ids is not None and part is not None and part.failed:
-            frame = read_snapshot(part.uri, aws)
-            hits = repaired.filter(pl.col(RECORD_ID).is_in(frame.get_column(RECORD_ID).implode()))
-            if hits.height:
-                repaired_ok += int(hits.get_column("error_code").is_null().sum())
-                part = write_result_part(apply_repairs(frame, hits), cfg.run_uri, part.name, aws)
-        if part is not None:
-            parts.append(part)
+
+    def with_repairs(part: ResultPart) -> tuple[ResultPart, int]:
+        """The shard's part with its repaired records laid over it, and how many of those succeeded."""
+        if repaired is None or not part.failed:
+            return part, 0
+        frame = read_snapshot(part.uri, aws)
+        hits = repaired.filter(pl.col(RECORD_ID).is_in(frame.get_column(RECORD_ID).implode()))
+        if not hits.height:
+            return part, 0
+        ok = int(hits.get_column("error_code").is_null().sum())
+        return write_result_part(apply_repairs(frame, hits), cfg.run_uri, part.name, aws), ok
+
+    shard_parts = [o.part for o in sorted(outcomes, key=lambda o: o.shard) if o.part is not None]
+    done = in_parallel(with_repairs, shard_parts)
+    parts: list[ResultPart] = [part for part, _ in done]
+    repaired_ok = sum(ok for _, ok in done)
     on_demand_rows = 0
     if prepared.plan.on_demand and prepared.on_demand_uri and cancelled:
         frame = mark_failed(prepared.on_demand_uri, CANCELLED, "the run was cancelled before these rows were "
@@ -161,8 +165,11 @@ def remove_stale_parts(run_uri: str, parts: list[ResultPart], aws: Any) -> list[
     keep = {split_s3_uri(p.uri)[1] for p in parts}
     stale = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
              for o in page.get("Contents", []) if o["Key"].endswith(".parquet") and o["Key"] not in keep]
-    for key in stale:
-        s3.delete_object(Bucket=bucket, Key=key)
+    for start in range(0, len(stale), 1000):  # DeleteObjects takes at most 1,000 keys
+        batch = [{"Key": key} for key in stale[start:start + 1000]]
+        failed = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors")
+        if failed:
+            raise RuntimeError(f"could not delete stale result part(s) under s3://{bucket}/{prefix}: {failed[:3]}")
     return stale
 
 

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.aws import join_s3
 from tasks.core import repair as algorithm
-from tasks.core.collect import read_snapshot
+from tasks.core.collect import read_snapshots
 from tasks.core.config import RunConfig
 from tasks.core.prepare import PreparedRun, prepare_run
 from tasks.core.settings import quotas, resolve
@@ -28,7 +28,7 @@ def repair(outcomes: list[ShardOutcome], prepared: PreparedRun, cfg: RunConfig) 
     log = run_logger()
     family, template, settings = resolve(cfg)
     parts = [o.part for o in outcomes if o.part is not None and algorithm.needs_repair(o.part.error_counts)]
-    pending = algorithm.retryable_rows([read_snapshot(p.uri, cfg.aws) for p in parts], family)
+    pending = algorithm.retryable_rows(read_snapshots([p.uri for p in parts], cfg.aws), family)
     rounds: list[pl.DataFrame] = []
     repair_jobs = 0
     round_no = 1
@@ -47,7 +47,7 @@ def repair(outcomes: list[ShardOutcome], prepared: PreparedRun, cfg: RunConfig) 
             else:
                 rep_outcomes = run_jobs(rep, cfg)
                 repair_jobs += sum(o.submitted + (1 if o.attached else 0) for o in rep_outcomes)
-                done += [read_snapshot(o.part.uri, cfg.aws) for o in rep_outcomes if o.part]
+                done += read_snapshots([o.part.uri for o in rep_outcomes if o.part], cfg.aws)
         results, pending = algorithm.settle_round(pl.concat(done, how="diagonal_relaxed"), pending, family)
         rounds.append(results)
         round_no += 1

@@ -17,6 +17,16 @@ import polars as pl
 T = TypeVar("T")
 
 CREATE = "CreateModelInvocationJob"
+GET = "GetModelInvocationJob"
+
+
+def joke_answer(topic: pl.Expr) -> dict[str, pl.Expr]:
+    """What the emulator answers to `joke_about_topic` for a row (emulator/README.md documents it): the
+    reply, and its token counts (UTF-8 bytes / 4, rounded up)."""
+    prompt = pl.concat_str([pl.lit("Tell me a joke about "), topic, pl.lit(" in less than 50 words.")])
+    reply = pl.concat_str([pl.lit("Emulated reply to: "), prompt])
+    return {"response": reply, "input_tokens": (prompt.str.len_bytes() + 3) // 4,
+            "output_tokens": (reply.str.len_bytes() + 3) // 4, "stop_reason": pl.lit("end_turn")}
 
 
 def read_output(results_uri: str, aws: Any = None) -> pl.DataFrame:

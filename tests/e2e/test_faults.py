@@ -679,12 +679,13 @@ def _deployment_exists(client: Any, name: str) -> bool:
 # ------------------------------------------------------------------------------------------------ 12. soak
 
 
-@pytest.mark.slow  # ~1.5 min on 2 cores: ~150 Prefect task runs, CPU-bound (see the module docstring)
+@pytest.mark.slow  # ~1 min: ~150 Prefect task runs, CPU-bound (see the module docstring)
 @pytest.mark.timeout(600)
-def test_soak_60_shards_with_every_fault_at_10_percent_completes_like_the_fault_free_run(
+def test_soak_60_shards_with_every_fault_at_10_percent_answers_every_row_as_a_fault_free_run_would(
     prefect_api: str, emulator: Any, faults: Callable[..., None], local_aws: Any, tmp_path: Path,
 ) -> None:
     from tasks.aws import client
+    from tests.e2e.helpers import joke_answer
 
     # 60 shards in three waves of 20 (plus resubmissions and repair jobs): at a rate of 10% per fault, the
     # chance that one of the job fates never shows among ~75 jobs is well under 1%, whatever the run key.
@@ -708,26 +709,22 @@ def test_soak_60_shards_with_every_fault_at_10_percent_completes_like_the_fault_
            quota=10, foreign_jobs={CLAUDE: 10}, foreign_job_duration_s=300_000)
     run = run_flow(emulator, params)
     injected = emulator.stats()["s3_errors"]
-    faults(time_scale=1e-5)
-    reference = run_flow(emulator, {**params, "job_name_prefix": "soak-ref", "max_records_per_job": 1000})
 
     assert run.state.is_completed(), run.state.message
-    assert reference.state.is_completed(), reference.state.message
     output = assert_promises(run, ids)
-    expected = assert_promises(reference, ids)
-    assert run.summary["shards"] == rows // 100 and reference.summary["ok"] == rows
+    assert run.summary["shards"] == rows // 100
     # Every fault did happen to this run.
     fates = {j.status for j in emulator.engine.jobs() if key8 in j.name and j.name.startswith("soak-")}
     assert {"Completed", "Failed", "Expired", "PartiallyCompleted"} <= fates, fates
     assert any(c["status_code"] == 429 for c in run.calls) and sum(injected.values()) > 0
     assert any(c["operation"] == "CreateModelInvocationJob" and c["status_code"] == 400 for c in run.calls)
-    # What is left in error is (almost all) what no retry fixes, and every row that succeeded is the same
-    # row the fault-free run produced.
+    # What is left in error is (almost all) what no retry fixes, and every row that succeeded carries what a
+    # fault-free run gives it: the emulator's reply to its own prompt, with that reply's token counts.
     errors = output.filter(pl.col("error_code").is_not_null())
     assert set(errors["error_code"]) <= {"400", "429", "500"}
     assert (errors["error_code"] == "400").sum() >= 0.9 * errors.height
-    result_columns = ["record_id", "topic", "response", "input_tokens", "output_tokens", "stop_reason"]
-    succeeded = output.filter(pl.col("error_code").is_null()).select(result_columns)
+    succeeded = output.filter(pl.col("error_code").is_null())
     assert succeeded.height >= 0.93 * rows  # ~5% of records draw a 400, which no retry fixes
-    differing = succeeded.join(expected.select(result_columns), on=result_columns, how="anti", nulls_equal=True)
-    assert differing.is_empty(), differing.head()
+    expected = joke_answer(pl.col("topic"))
+    differing = succeeded.filter(pl.any_horizontal(pl.col(c).ne_missing(e) for c, e in expected.items()))
+    assert differing.is_empty(), differing.head(3).to_dicts()
