@@ -106,11 +106,11 @@ class RunProgress:
             seen = self._rows.get(outcome.shard, {}).get("processed")
             self._rows[outcome.shard] = {**jobs_table([outcome])[0],
                                          "processed": seen or int(outcome.ok) + int(outcome.failed)}
+            # Read under the lock: shards ending together each log their own count, not the latest.
+            shards_done, records_done, percent = len(self._done), self.records_done, self.percent
         self._publish(force=True, table=True)
-        self.logger.info(
-            "progress: %d/%d shards done, %s/%s records (%.1f%%)", len(self._done), len(self._expected()),
-            f"{self.records_done:,}", f"{self.total:,}", self.percent,
-        )
+        self.logger.info("progress: %d/%d shards done, %s/%s records (%.1f%%)", shards_done,
+                         len(self._expected()), f"{records_done:,}", f"{self.total:,}", percent)
 
     def expect(self, shards: list[str]) -> None:
         self._shards = list(shards)

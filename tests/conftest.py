@@ -117,3 +117,15 @@ def emulator():
     server = start(port=0, profile={"time_scale": 1e-4})
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect API (the test harness's server) and its URL, for in-process runs and subprocesses.
+
+    It takes 10-20 s to start here, so one per session (per xdist worker); any test using it is `e2e`."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,13 @@ KEYS = {
 }
 
 
-@pytest.mark.slow  # ~1 min: every stage, and a flow run on the emulator behind the makespan figures
-def test_bench_run_smoke() -> None:
+@pytest.mark.slow  # ~30 s: every stage, and a flow run on the emulator behind the makespan figures
+def test_bench_run_smoke(prefect_api: str) -> None:
     proc = subprocess.run(
-        # The flow part on 600 rows (6 shards on 2 slots: 3 waves, so slots are refilled) with a 5 s job phase.
+        # The flow part on 600 rows (6 shards on 2 slots: 3 waves, so slots are refilled) with a 5 s job phase,
+        # on the session's Prefect API rather than a server of its own.
         [sys.executable, "-m", "bench.run", "--rows", "2000", "--flow-rows", "600", "--flow-target-s", "5", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        cwd=REPO, capture_output=True, text=True, timeout=240, env={**os.environ, "PREFECT_API_URL": prefect_api},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)

@@ -1,27 +1,17 @@
-"""End-to-end fixtures: one Prefect API for the whole session (it takes 10-20 s to start here)."""
+"""End-to-end fixtures: AWS settings on the emulator, a flow run in a child process (`prefect_api`, the
+session's Prefect API, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[str]:
-    """A real Prefect API (the test harness's server) and its URL, for in-process runs and subprocesses."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
 
 
 @pytest.fixture
