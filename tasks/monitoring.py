@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tasks.aws import AwsSettings, client
+from tasks.aws import AwsSettings, client, credentials_block
 from tasks.aws.cloudwatch import (
     DEFAULT_PREFIX,
     DEFAULT_STALLED_HOURS,
@@ -25,9 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tasks.monitoring",
         description="CloudWatch for Bedrock batch inference "
-        "(honours AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE).",
+        "(honours AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE, or a saved AwsCredentials block).",
     )
-    parser.add_argument("--region", help="AWS region (default: AWS_REGION or us-east-1)")
+    parser.add_argument("--region", help="AWS region (default: the block's, else AWS_REGION, else us-east-1)")
+    parser.add_argument("--aws-credentials", metavar="NAME",
+                        help="a saved prefect-aws AwsCredentials block, as the flow's --aws-credentials")
     commands = parser.add_subparsers(dest="command", required=True)
 
     alarms = commands.add_parser("alarms", help="create or update the model's alarms (and dashboard)")
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    aws = AwsSettings.from_env(region=args.region)
+    aws = AwsSettings.from_env(credentials=credentials_block(args.aws_credentials), region=args.region)
     if args.command == "metrics":
         print(json.dumps(read_batch_metrics(args.model_id, aws, args.minutes), indent=2))
         return 0

@@ -105,6 +105,28 @@ def test_a_saved_aws_credentials_block_drives_a_run_with_no_aws_environment(
     assert config_from_params(dict(flow_run.parameters)).aws.endpoint_url == emulator.url
 
 
+def test_the_monitoring_cli_takes_the_same_block(
+    emulator_block: str, emulator: Any, prefect_api: str, tmp_path: Path,
+) -> None:
+    """`python -m tasks.monitoring --aws-credentials NAME`: alarms created on the block's endpoint, with no
+    AWS environment to fall back on."""
+    from prefect_aws import AwsCredentials
+
+    from tasks.aws import AwsSettings, client
+
+    prefix = f"bbf-block-{uuid.uuid4().hex[:6]}"
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.monitoring", "--aws-credentials", emulator_block, "alarms", "--model-id",
+         CLAUDE, "--prefix", prefix],
+        cwd=REPO, env=_no_aws_env(prefect_api, tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = json.loads(done.stdout)["alarms"]
+    assert names and all(name.startswith(prefix) for name in names)
+    aws = AwsSettings.from_env(credentials=AwsCredentials.load(emulator_block))
+    found = client("cloudwatch", aws).describe_alarms(AlarmNamePrefix=prefix)["MetricAlarms"]
+    assert sorted(a["AlarmName"] for a in found) == sorted(names)
+
+
 def test_without_a_block_the_default_chain_and_environment_stay_in_charge(monkeypatch: pytest.MonkeyPatch) -> None:
     from tasks.core.config import config_from_params
 
