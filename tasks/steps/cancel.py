@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from tasks.aws import client, harvest, jobs
+from tasks.core.collect import in_parallel
 from tasks.core.config import RunConfig, config_from_params
 from tasks.core.prepare import PreparedRun, load_prepared
 from tasks.logs import LOGGER_NAME
@@ -71,7 +72,8 @@ def collect_cancelled(cfg: RunConfig, log: Any, wait_s: float = STOP_WAIT_S) -> 
     if prepared is None:  # cancelled before prepare finished: nothing was submitted
         return None
     deadline = time.monotonic() + wait_s
-    outcomes = [_collect_shard(shard, prepared, cfg, deadline) for shard in prepared.shards]
+    # Shards at once: each waits for its stopped job and reads its outputs, so waits and round trips overlap.
+    outcomes = in_parallel(lambda shard: _collect_shard(shard, prepared, cfg, deadline), prepared.shards)
     summary, _ = finalize_run(outcomes, None, prepared, cfg, elapsed_s=0.0, cancelled=True)
     done = sum(o.ok for o in outcomes)
     return (f"{done:,} row(s) answered before the cancel, {summary.errors_by_code.get(CANCELLED, 0):,} marked "
