@@ -6,9 +6,10 @@ Artifacts are best-effort: a failure to publish one is logged, never fails the r
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,7 +54,8 @@ class RunProgress:
     (one row per shard, republished under the same key as jobs move), and the log."""
 
     def __init__(self, total: int, key: str, logger: Any = None, min_interval_s: float = 1.0,
-                 jobs_key: str | None = None, model_id: str | None = None, table_interval_s: float = 60.0) -> None:
+                 jobs_key: str | None = None, model_id: str | None = None, table_interval_s: float = 60.0,
+                 status_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.total = max(total, 1)
         self.key = key
         self.jobs_key = jobs_key
@@ -63,9 +65,12 @@ class RunProgress:
         self._done: dict[str, int] = {}
         self._rows: dict[str, dict[str, Any]] = {}
         self._tokens = [0, 0]
-        self._last_publish = self._last_table = 0.0
+        self._last_publish = self._last_table = -math.inf
+        self._moved = False  # a job changed status since the table was last published
         self._min_interval, self._table_interval = min_interval_s, table_interval_s
-        self._started = time.monotonic()
+        self._status_interval = status_interval_s
+        self._clock = clock
+        self._started = clock()
         self._price = _price(model_id)
         self.artifact_id = _safe(create_progress_artifact, progress=0.0, key=key,
                                  description="Records processed by Bedrock / records in the run")
@@ -80,7 +85,7 @@ class RunProgress:
         """`shard`'s task waits for a slot of the model's concurrency limit (nothing submitted yet)."""
         with self._lock:
             self._rows.setdefault(shard, {"shard": shard}).update(status="waiting for a slot")
-        self._publish(force=True)
+        self._publish(table=True, moved=True)
 
     def job_update(self, shard: str, job: dict[str, Any]) -> None:
         with self._lock:
@@ -94,9 +99,7 @@ class RunProgress:
                 "failed": job.get("errorRecordCount") or 0, "message": job.get("message") or "",
                 "job ARN": job.get("jobArn") or row.get("job ARN", ""),
             })
-        # A status change is shown at once; counters at most every `table_interval_s` (each publish is
-        # a new version of the artifact: a day-long run must not leave tens of thousands).
-        self._publish(table=True, table_now=moved)
+        self._publish(table=True, moved=moved)
 
     def shard_done(self, outcome: Any) -> None:
         with self._lock:
@@ -108,7 +111,7 @@ class RunProgress:
                                          "processed": seen or int(outcome.ok) + int(outcome.failed)}
             # Read under the lock: shards ending together each log their own count, not the latest.
             shards_done, records_done, percent = len(self._done), self.records_done, self.percent
-        self._publish(force=True, table=True)
+        self._publish(table=True, moved=True)
         self.logger.info("progress: %d/%d shards done, %s/%s records (%.1f%%)", shards_done,
                          len(self._expected()), f"{records_done:,}", f"{self.total:,}", percent)
 
@@ -132,7 +135,7 @@ class RunProgress:
             for row in self._rows.values():
                 statuses[row.get("status") or "pending"] = statuses.get(row.get("status") or "pending", 0) + 1
             tokens = tuple(self._tokens)
-        done, elapsed = self.records_done, time.monotonic() - self._started
+        done, elapsed = self.records_done, self._clock() - self._started
         parts = [f"{done:,} / {self.total:,} records"]
         if statuses:
             parts.append("jobs: " + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())))
@@ -157,16 +160,36 @@ class RunProgress:
             self._processed = {}
         self._publish(force=True)
 
-    def _publish(self, force: bool = False, table: bool = False, table_now: bool = False) -> None:
-        now = time.monotonic()
-        if self.artifact_id is not None and (force or now - self._last_publish >= self._min_interval):
-            self._last_publish = now
-            _safe(update_progress_artifact, artifact_id=self.artifact_id, progress=round(self.percent, 2),
-                  description=self.describe())
-        if table and self.jobs_key and (force or table_now or now - self._last_table >= self._table_interval):
-            self._last_table = now
-            _safe(create_table_artifact, table=self.table(), key=self.jobs_key,
-                  description=f"Jobs as they run (updated at each poll): {self.describe()}")
+    def _publish(self, force: bool = False, table: bool = False, moved: bool = False) -> None:
+        """Publish the progress and the jobs table, each rate-limited: every publish is an API call, and
+        every table publish a new version of the artifact (a 1,000-shard run must not leave one per job and
+        status). The progress goes out at most every `min_interval_s`; the table at most every
+        `status_interval_s` once a job moved, else every `table_interval_s`. What is held back goes out
+        with the first call after its interval (the next poll of any shard); `force` sends the progress now
+        (the run's end, whose final table `publish_jobs_table` writes)."""
+        now = self._clock()
+        with self._lock:
+            self._moved |= moved
+            send_progress = self.artifact_id is not None and (force or now - self._last_publish >= self._min_interval)
+            since = now - self._last_table
+            send_table = bool(self.jobs_key) and (
+                (self._moved and since >= self._status_interval) or (table and since >= self._table_interval))
+            if send_progress:
+                self._last_publish = now
+            if send_table:
+                self._last_table, self._moved = now, False
+        if send_progress:
+            self._send_progress()
+        if send_table:
+            self._send_table()
+
+    def _send_progress(self) -> None:
+        _safe(update_progress_artifact, artifact_id=self.artifact_id, progress=round(self.percent, 2),
+              description=self.describe())
+
+    def _send_table(self) -> None:
+        _safe(create_table_artifact, table=self.table(), key=self.jobs_key,
+              description=f"Jobs as they run (updated at each poll): {self.describe()}")
 
 
 def _price(model_id: str | None) -> Any:
