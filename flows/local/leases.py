@@ -9,6 +9,10 @@ even by SIGKILL). `reclaim()` (a run's start, a cancelled run's hook) releases, 
 the leases left open in every journal whose lock is free, then deletes it. Releasing a lease the server
 no longer has is a no-op, so a reclaim after the repossessor (or a second reclaimer) changes nothing.
 
+One window stays open: a process killed after the server granted a lease and before the journal line
+(the HTTP response's few milliseconds) leaves that slot to the server's repossessor, or to `prefect gcl
+update`; the API has no way to list a limit's leases by holder, which would close it.
+
 The journal only helps where the server knows the dead process's lease: one server, or servers that
 share their lease storage (`flows/local/bootstrap.py` puts a plain-Python run's leases on disk, where the
 ephemeral servers of the machine's processes all find them). This module is the only place that deals

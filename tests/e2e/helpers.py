@@ -178,10 +178,10 @@ class TcpProxy:
         with self._lock:
             listener, self._listener = self._listener, None
             conns, self._open = list(self._open), set()
-        if listener is not None:
-            listener.close()
-        for conn in conns:
-            conn.close()
+        # shutdown(), not only close(): on Linux, close() from another thread neither wakes a thread blocked
+        # in accept() or recv() nor ends the connection, so kept-alive connections would outlive the outage.
+        for sock in ([listener] if listener is not None else []) + conns:
+            _cut(sock)
 
     def _accept(self, listener: Any) -> None:
         import socket
@@ -190,10 +190,16 @@ class TcpProxy:
             try:
                 client, _ = listener.accept()
             except OSError:
-                return  # closed: down()
+                return  # shut down: down()
             upstream = socket.create_connection(self._target)
             with self._lock:
-                self._open.update((client, upstream))
+                current = self._listener is listener  # else down() came between accept() and here
+                if current:
+                    self._open.update((client, upstream))
+            if not current:
+                _cut(client)
+                _cut(upstream)
+                return
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
@@ -209,3 +215,13 @@ class TcpProxy:
                     sock.close()
                 except OSError:
                     pass
+
+
+def _cut(sock: Any) -> None:
+    import socket
+
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # not connected (a listener on some systems), or already cut
+        pass
+    sock.close()
