@@ -144,7 +144,7 @@ def test_a_killed_run_resumes_attaching_to_its_jobs_and_submits_nothing_twice(
 ) -> None:
     from tasks.concurrency import active_slots, limit_name
 
-    clean_emulator.set_profile({"time_scale": 3e-3, "min_records": 50})  # ~3 s jobs: killed mid-poll
+    clean_emulator.set_profile({"time_scale": 1e-2, "min_records": 50})  # ~10 s jobs: killed mid-poll
     env = cli_env(clean_emulator, prefect_api)
     args = _run_args(fresh_bucket, "resume", "--max-concurrent-jobs", "3")
     child = subprocess.Popen([sys.executable, "-m", "flows.batch_inference", *args], cwd=REPO, env=env,
@@ -160,6 +160,7 @@ def test_a_killed_run_resumes_attaching_to_its_jobs_and_submits_nothing_twice(
         child.wait()
     first = created_job_names(clean_emulator.calls())
     assert len(first) == 3, first
+    clean_emulator.set_profile({"time_scale": 3e-3, "min_records": 50})  # the re-run's jobs: ~3 s
 
     again = run_cli(args, env)
     assert again.returncode == 0, again.stderr[-3000:]
