@@ -10,14 +10,13 @@ is then marked `harvested`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from tasks.aws import AwsSettings, client, jobs, join_s3, split_s3_uri
 from tasks.core import answers
 from tasks.core.answers import RequestScope
-from tasks.core.collect import collect_shard
+from tasks.core.collect import collect_shard, in_parallel
 from tasks.core.formats import ModelFamily
 
 
@@ -89,7 +88,4 @@ def harvest(
         jobs.mark_harvested(s3, job.ledger_uri, ledger.shard, arn)
         return cached
 
-    if not pending:
-        return 0
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pending))), thread_name_prefix="harvest") as pool:
-        return sum(pool.map(one, pending))
+    return sum(in_parallel(one, pending, workers))

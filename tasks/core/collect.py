@@ -199,12 +199,12 @@ def read_snapshot(snapshot_uri: str, aws: AwsSettings) -> pl.DataFrame:
     return pl.read_parquet(snapshot_uri, storage_options=storage_options(aws))
 
 
-def in_parallel(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """`[work(item) for item in items]`, up to IO_THREADS at once, in order: for S3-bound work."""
+def in_parallel(work: Callable[[T], R], items: Iterable[T], workers: int = IO_THREADS) -> list[R]:
+    """`[work(item) for item in items]`, up to `workers` at once, in order: for S3- and wait-bound work."""
     items = list(items)
-    if len(items) <= 1:
+    if len(items) <= 1 or workers <= 1:
         return [work(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(IO_THREADS, len(items)), thread_name_prefix="s3-io") as pool:
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="io") as pool:
         return list(pool.map(work, items))
 
 
